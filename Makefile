@@ -1,0 +1,47 @@
+# Every target sets up what it needs; `make` alone lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+PORT ?= 5000
+
+.PHONY: help setup repro test test-all lint format ui clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@echo "Offline? MNIST_MIRROR=/folder/with/the/four/.gz/files make repro"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed ## Create .venv and install the pinned dependencies (about 2 minutes)
+
+repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluate -> report
+	dvc repro
+
+test: setup ## Run the test suite (synthetic data, no network; a few minutes)
+	pytest
+
+test-all: setup ## Also run the slow tests (real-data checks)
+	pytest -m ''
+
+lint: setup ## ruff check and format check
+	ruff check .
+	ruff format --check .
+
+format: setup ## Apply ruff's fixes and formatting
+	ruff check --fix .
+	ruff format .
+
+ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
+
+clean: ## Remove generated data, models, runs (keeps the DVC cache)
+	rm -rf data/raw data/processed models mlflow.db mlartifacts

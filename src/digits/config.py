@@ -1,0 +1,196 @@
+"""The one schema for `params.yaml`, validated before any stage does work.
+
+Importing this module is cheap (no TensorFlow), so a typo in `params.yaml` fails in well under a
+second with one message that lists every problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from digits import PipelineError
+
+Activation = Literal["relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish"]
+OptimizerName = Literal["sgd", "momentum", "rmsprop", "adagrad", "adadelta", "adam"]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+IDX_KINDS = ("images-idx3-ubyte", "labels-idx1-ubyte")
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys (typos) are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DownloadConfig(Strict):
+    """Where the four IDX files come from and what their decompressed content must hash to."""
+
+    mirrors: list[str] = Field(min_length=1)
+    local_mirror: str | None = None
+    files: dict[str, Sha256] = Field(min_length=4, max_length=4)
+    retries: int = Field(default=2, ge=0, le=10)
+    timeout: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _canonical_names(self) -> DownloadConfig:
+        expected = {f"{split}-{kind}" for split in ("train", "t10k") for kind in IDX_KINDS}
+        if set(self.files) != expected:
+            raise ValueError(f"files must name exactly {sorted(expected)}")
+        return self
+
+
+class DataConfig(Strict):
+    """The validation split carved off the training set (the test set is never used to select)."""
+
+    val_size: int = Field(default=10_000, gt=0)
+    seed: int = 42
+
+
+class SoftmaxConfig(Strict):
+    """Multinomial logistic regression: one dense softmax layer on the 784 pixels."""
+
+
+class MLPConfig(Strict):
+    """Dense hidden layers; `width` is one size for all layers or one size per layer."""
+
+    depth: int = Field(default=2, ge=0, le=16)
+    width: Annotated[int, Field(gt=0)] | list[Annotated[int, Field(gt=0)]] = 512
+    activation: Activation = "relu"
+    dropout: Probability = 0.2
+    batch_norm: bool = False
+
+    @model_validator(mode="after")
+    def _width_matches_depth(self) -> MLPConfig:
+        if isinstance(self.width, list) and len(self.width) != self.depth:
+            raise ValueError(
+                f"width lists {len(self.width)} layer sizes but depth is {self.depth}; "
+                "give one size per hidden layer or a single int"
+            )
+        return self
+
+    @property
+    def units(self) -> list[int]:
+        """Hidden layer sizes, first to last."""
+        return list(self.width) if isinstance(self.width, list) else [self.width] * self.depth
+
+
+class CNNConfig(Strict):
+    """Conv blocks (each `convs_per_block` convolutions then pooling), a dense head, dropout."""
+
+    filters: list[Annotated[int, Field(gt=0)]] = Field(default=[32, 64], min_length=1, max_length=4)
+    kernel_size: int = Field(default=3, ge=1, le=7)
+    convs_per_block: int = Field(default=1, ge=1, le=3)
+    pooling: Literal["max", "avg"] = "max"
+    dense: int = Field(default=128, ge=0)
+    activation: Activation = "relu"
+    dropout: Probability = 0.25
+    batch_norm: bool = False
+
+
+class ModelConfig(Strict):
+    """Which family to build, and the settings of each family."""
+
+    type: Literal["softmax", "mlp", "cnn"] = "mlp"
+    softmax: SoftmaxConfig = SoftmaxConfig()
+    mlp: MLPConfig = MLPConfig()
+    cnn: CNNConfig = CNNConfig()
+
+
+class TrainConfig(Strict):
+    """The optimiser and fitting loop."""
+
+    optimizer: OptimizerName = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    batch_size: int = Field(default=128, gt=0)
+    epochs: int = Field(default=20, gt=0)
+    monitor: Literal["val/loss", "val/accuracy"] = "val/loss"
+    patience: int = Field(default=5, ge=0)
+    seed: int = 42
+
+
+class MLflowConfig(Strict):
+    """Where runs go when MLFLOW_TRACKING_URI is not set."""
+
+    experiment: str = Field(default="mnist", min_length=1)
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"
+
+
+class Params(Strict):
+    """All of `params.yaml`."""
+
+    download: DownloadConfig
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    mlflow: MLflowConfig = MLflowConfig()
+
+
+class ParamsError(PipelineError, ValueError):
+    """`params.yaml` is missing, unreadable or invalid; the message lists every problem."""
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted key, what was given and what is allowed."""
+    lines = [f"{source}: {err.error_count()} invalid setting(s):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (typo?)")
+            continue
+        given = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        lines.append(f"  {key}: {e['msg']}{given}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping, raising ParamsError that lists every problem."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(format_errors(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `params.yaml`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project root") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, str(path))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {'a.b.c': value}, the names MLflow and `dvc params diff` show."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_params(params: Params) -> dict[str, Any]:
+    """The params that define a training run, flattened; only the selected model family."""
+    model = params.model
+    family = getattr(model, model.type).model_dump()
+    tree = {
+        "data": params.data.model_dump(),
+        "model": {"type": model.type, model.type: family},
+        "train": params.train.model_dump(),
+    }
+    return flatten(tree)

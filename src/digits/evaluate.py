@@ -1,0 +1,173 @@
+"""Stage `evaluate`: the trained model on the test set, once, after all selection is done.
+
+Writes DVC metrics and plots and the figures, and adds all of it to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from digits.cli import stage_main
+from digits.config import load_params
+from digits.data import load_split
+from digits.files import write_json, write_text
+from digits.idx import NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+GALLERY = 32
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Headline metrics, per-class scores and the confusion matrix of one prediction run."""
+
+    metrics: dict[str, float]
+    per_class: pd.DataFrame
+    confusion: np.ndarray
+
+
+def score(labels: np.ndarray, probabilities: np.ndarray) -> Evaluation:
+    """Metrics in the project's vocabulary from true labels and predicted class probabilities."""
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        log_loss,
+        precision_recall_fscore_support,
+    )
+
+    classes = list(range(NUM_CLASSES))
+    predicted = probabilities.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=classes, zero_division=0
+    )
+    per_class = pd.DataFrame(
+        {"digit": classes, "precision": precision, "recall": recall, "f1": f1, "support": support}
+    )
+    metrics = {
+        "test/accuracy": float(accuracy_score(labels, predicted)),
+        "test/loss": float(log_loss(labels, probabilities, labels=classes)),
+        "test/macro_precision": float(precision.mean()),
+        "test/macro_recall": float(recall.mean()),
+        "test/macro_f1": float(f1.mean()),
+        "test/errors": int((predicted != labels).sum()),
+    }
+    return Evaluation(metrics, per_class, confusion_matrix(labels, predicted, labels=classes))
+
+
+def confusion_rows(labels: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """One row per test image, the layout DVC's `confusion` plot template reads."""
+    return pd.DataFrame({"actual": labels, "predicted": predicted})
+
+
+def write_figures(
+    folder: Path,
+    x: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    evaluation: Evaluation,
+    softmax_kernel: np.ndarray | None,
+) -> list[Path]:
+    """Confusion heatmap, galleries of the most confident mistakes and of correct digits, and
+    the softmax weight images when the model is a softmax regression."""
+    from digits import plots
+
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:GALLERY]
+    right = np.flatnonzero(predicted == labels)[:16]
+    figures = {
+        "confusion_matrix.png": plots.confusion_heatmap(evaluation.confusion),
+        "misclassified.png": plots.digit_gallery(
+            x[wrong],
+            labels[wrong],
+            predicted[wrong],
+            confidence[wrong],
+            f"Most confident mistakes ({len(np.flatnonzero(predicted != labels))} in all): "
+            "true -> predicted",
+        ),
+        "correct.png": plots.digit_gallery(
+            x[right],
+            labels[right],
+            predicted[right],
+            confidence[right],
+            "Correctly classified (first test digits)",
+        ),
+    }
+    if softmax_kernel is not None:
+        figures["softmax_weights.png"] = plots.weight_images(softmax_kernel)
+    paths = []
+    for name, fig in figures.items():
+        plots.save(fig, folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+@stage_main
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: `python -m digits.evaluate --data data/processed --model models/model.keras ...`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="folder with test.npz")
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--run-info", type=Path, required=True, help="JSON written by train")
+    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON")
+    parser.add_argument("--confusion", type=Path, required=True, help="CSV for the DVC plot")
+    parser.add_argument("--per-class", type=Path, required=True, help="per-digit scores CSV")
+    parser.add_argument("--figures", type=Path, required=True, help="folder for the PNGs")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    root = args.params.resolve().parent
+
+    import keras
+    import mlflow
+
+    from digits import tracking
+
+    test = load_split(args.data / "test.npz")
+    model = keras.saving.load_model(args.model)
+    probabilities = model.predict(test.x, batch_size=1024, verbose=0)
+    labels = test.labels
+    evaluation = score(labels, probabilities)
+    kernel = (
+        model.get_layer("probabilities").get_weights()[0]
+        if params.model.type == "softmax"
+        else None
+    )
+
+    write_json(args.metrics, evaluation.metrics)
+    write_text(
+        args.confusion, confusion_rows(labels, probabilities.argmax(axis=1)).to_csv(index=False)
+    )
+    write_text(args.per_class, evaluation.per_class.to_csv(index=False, float_format="%.4f"))
+    figures = write_figures(args.figures, test.x, labels, probabilities, evaluation, kernel)
+
+    tracking.setup(params.mlflow, root)
+    run_id = json.loads(args.run_info.read_text())["run_id"]
+    with tracking.tracked_run(run_id=run_id):
+        mlflow.log_metrics(evaluation.metrics)
+        for path in figures:
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        matrix = pd.DataFrame(evaluation.confusion, columns=[str(d) for d in range(NUM_CLASSES)])
+        matrix.insert(0, "actual", range(NUM_CLASSES))
+        mlflow.log_table(matrix, artifact_file="confusion_matrix.json")
+        mlflow.log_table(evaluation.per_class, artifact_file="per_class.json")
+    log.info(
+        "test accuracy %.4f (%d errors), logged to run %s",
+        evaluation.metrics["test/accuracy"],
+        evaluation.metrics["test/errors"],
+        run_id,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The one model builder, used by `train` and the sweep: softmax regression, MLP or CNN."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from digits.config import CNNConfig, MLPConfig, ModelConfig, TrainConfig
+from digits.idx import NUM_CLASSES
+
+if TYPE_CHECKING:
+    import keras
+
+# He initialisation suits the ReLU family; SELU needs LeCun normal to self-normalise.
+INITIALIZERS = {
+    "relu": "he_normal",
+    "elu": "he_normal",
+    "gelu": "he_normal",
+    "swish": "he_normal",
+    "selu": "lecun_normal",
+    "tanh": "glorot_uniform",
+    "sigmoid": "glorot_uniform",
+}
+
+
+def _mlp(x: keras.KerasTensor, cfg: MLPConfig) -> keras.KerasTensor:
+    from keras import layers
+
+    for units in cfg.units:
+        x = layers.Dense(units, kernel_initializer=INITIALIZERS[cfg.activation])(x)
+        if cfg.batch_norm:
+            x = layers.BatchNormalization()(x)
+        x = layers.Activation(cfg.activation)(x)
+        if cfg.dropout:
+            x = layers.Dropout(cfg.dropout)(x)
+    return x
+
+
+def _cnn(x: keras.KerasTensor, cfg: CNNConfig, image_shape: tuple[int, int]) -> keras.KerasTensor:
+    from keras import layers
+
+    x = layers.Reshape((*image_shape, 1))(x)
+    pool = layers.MaxPooling2D if cfg.pooling == "max" else layers.AveragePooling2D
+    init = INITIALIZERS[cfg.activation]
+    for filters in cfg.filters:
+        for _ in range(cfg.convs_per_block):
+            x = layers.Conv2D(
+                filters,
+                cfg.kernel_size,
+                padding="same",
+                kernel_initializer=init,
+                use_bias=not cfg.batch_norm,
+            )(x)
+            if cfg.batch_norm:
+                x = layers.BatchNormalization()(x)
+            x = layers.Activation(cfg.activation)(x)
+        x = pool(2)(x)
+    x = layers.Flatten()(x)
+    if cfg.dropout:
+        x = layers.Dropout(cfg.dropout)(x)
+    if cfg.dense:
+        x = layers.Dense(cfg.dense, activation=cfg.activation, kernel_initializer=init)(x)
+        if cfg.dropout:
+            x = layers.Dropout(cfg.dropout)(x)
+    return x
+
+
+def build_model(cfg: ModelConfig, image_shape: tuple[int, int] = (28, 28)) -> keras.Model:
+    """An uncompiled Keras model from flattened images (n, rows*cols) to class probabilities."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(image_shape[0] * image_shape[1],), name="pixels")
+    if cfg.type == "mlp":
+        x = _mlp(inputs, cfg.mlp)
+    elif cfg.type == "cnn":
+        x = _cnn(inputs, cfg.cnn, image_shape)
+    else:
+        x = inputs
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=cfg.type)
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimiser named in `train.optimizer`, at `train.learning_rate`, held constant or
+    decayed to zero over all epochs along a cosine (`train.lr_schedule`)."""
+    from keras import optimizers
+
+    lr = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        lr = optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
+    match cfg.optimizer:
+        case "sgd":
+            return optimizers.SGD(lr)
+        case "momentum":
+            return optimizers.SGD(lr, momentum=cfg.momentum)
+        case "rmsprop":
+            return optimizers.RMSprop(lr)
+        case "adagrad":
+            return optimizers.Adagrad(lr)
+        case "adadelta":
+            return optimizers.Adadelta(lr)
+        case "adam":
+            return optimizers.Adam(lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> keras.Model:
+    """Compile with cross-entropy on one-hot labels and accuracy."""
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

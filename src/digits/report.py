@@ -1,0 +1,97 @@
+"""Stage `report`: one Markdown page a person reads: what was trained, how well, the pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from digits.cli import stage_main
+from digits.config import load_params, run_params
+from digits.files import write_text
+
+FIGURES = (
+    ("Learning curves", "learning_curves"),
+    ("Confusion matrix", "confusion_matrix"),
+    ("Most confident mistakes", "misclassified"),
+    ("Correctly classified", "correct"),
+    ("Learned softmax weights", "softmax_weights"),
+)
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render(
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    train_metrics: dict[str, Any],
+    per_class: pd.DataFrame,
+    images: dict[str, str],
+    run_id: str,
+) -> str:
+    """The report's Markdown; `images` maps figure keys to paths relative to the report."""
+    accuracy = metrics["test/accuracy"]
+    parts = [
+        "# MNIST training report",
+        f"**Test accuracy {accuracy:.2%}** ({metrics['test/errors']} errors), "
+        f"test loss {metrics['test/loss']:.4f}; model `{params['model.type']}`, "
+        f"{train_metrics['train/epochs']} epochs (best {train_metrics['best_epoch']}) in "
+        f"{train_metrics['train/seconds']:.0f} s. MLflow run `{run_id}`.",
+        "## Metrics",
+        _table(
+            [(k, _fmt(v)) for k, v in {**metrics, **train_metrics}.items()], ("metric", "value")
+        ),
+        "## Parameters",
+        _table([(k, f"`{v}`") for k, v in params.items()], ("param", "value")),
+        "## Per digit",
+        _table(per_class.itertuples(index=False), per_class.columns),
+    ]
+    for title, key in FIGURES:
+        if key in images:
+            parts += [f"## {title}", f"![{title}]({images[key]})"]
+    return "\n\n".join(parts) + "\n"
+
+
+@stage_main
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: `python -m digits.report --metrics ... --figures ... --out reports/report.md`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--train-metrics", type=Path, required=True)
+    parser.add_argument("--per-class", type=Path, required=True)
+    parser.add_argument("--run-info", type=Path, required=True)
+    parser.add_argument("--curves", type=Path, required=True)
+    parser.add_argument("--figures", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+
+    pngs = [args.curves, *sorted(args.figures.glob("*.png"))]
+    images = {p.stem: os.path.relpath(p, args.out.parent) for p in pngs if p.exists()}
+    text = render(
+        run_params(params),
+        json.loads(args.metrics.read_text()),
+        json.loads(args.train_metrics.read_text()),
+        pd.read_csv(args.per_class),
+        images,
+        json.loads(args.run_info.read_text())["run_id"],
+    )
+    write_text(args.out, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""MLflow, written once for `train`, `evaluate` and the sweep: where runs go, how they end, and
+what every run records.
+
+Metric vocabulary, the same in MLflow, `reports/metrics.json` and the DVC plots:
+`train/loss`, `train/accuracy`, `val/loss`, `val/accuracy` (per epoch, step = epoch, from 1),
+`test/loss`, `test/accuracy` and `test/<digit>/{precision,recall,f1}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+
+from digits import PipelineError
+from digits.config import MLflowConfig
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+KERAS_TO_METRIC = {
+    "loss": "train/loss",
+    "accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+}
+REMOTE_SCHEMES = {"http", "https", "databricks"}
+
+
+class TrackingError(PipelineError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def tracking_uri(cfg: MLflowConfig, root: Path) -> str:
+    """$MLFLOW_TRACKING_URI, else the configured default with a relative SQLite path anchored at
+    `root` (so stages, tests and `make ui` all see one store)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str((root / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after minutes of client retries, when a tracking server is down."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in {"http", "https"}:
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as err:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is not reachable ({type(err).__name__}). Start it, "
+            "fix MLFLOW_TRACKING_URI, or unset it to use the local store."
+        ) from None
+
+
+def setup(cfg: MLflowConfig, root: Path) -> str:
+    """Point MLflow at the store and experiment; returns the experiment id."""
+    uri = tracking_uri(cfg, root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        local = urlparse(uri).scheme not in REMOTE_SCHEMES
+        location = (root / cfg.artifact_location).resolve().as_uri() if local else None
+        experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run` that always ends: FINISHED, FAILED (reason in tag `failure_reason`) or
+    KILLED on Ctrl-C / SIGTERM, never left RUNNING."""
+    previous = signal.getsignal(signal.SIGTERM)
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    run = mlflow.start_run(**start_run_kwargs)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("failure_reason", "interrupted")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("failure_reason", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD's commit, with `-dirty` when the work tree has changes; None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def context_tags(root: Path, data_digest: str) -> dict[str, str]:
+    """Tags that tie a run to its code, data and DVC experiment."""
+    tags = {"data.sha256": data_digest}
+    if commit := git_commit(root):
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+        tags["git.commit"] = commit
+    if exp := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = exp
+    return tags
+
+
+def log_dataset(x: Any, y: Any, path: Path, digest: str, context: str) -> None:
+    """Record a split as the run's dataset input (shown in the UI's Datasets column)."""
+    with warnings.catch_warnings():  # a local path matches two equivalent source resolvers
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(x, targets=y, name=path.name, source=str(path.resolve()))
+    mlflow.log_input(dataset, context=context, tags={"sha256": digest})
+
+
+def history_frame(history: Mapping[str, list[float]]) -> pd.DataFrame:
+    """Keras History.history -> one row per epoch (from 1) in the metric vocabulary."""
+    frame = pd.DataFrame({KERAS_TO_METRIC.get(k, k): v for k, v in history.items()})
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
+    return frame
+
+
+def epoch_logger() -> keras.callbacks.Callback:
+    """A Keras callback that logs each epoch's metrics to the active run, step = epoch (from 1)."""
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            metrics = {
+                KERAS_TO_METRIC[k]: float(v)
+                for k, v in (logs or {}).items()
+                if k in KERAS_TO_METRIC
+            }
+            mlflow.log_metrics(metrics, step=epoch + 1)
+
+    return EpochLogger()
+
+
+class _KerasFlavor:
+    """`mlflow.keras` with its model folder created first: with an input example, MLflow 3.17's
+    keras `save_model` writes the example before making the folder (mlflow/mlflow#16183)."""
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def log_keras_model(model: keras.Model, x_sample: Any, name: str = "model") -> str:
+    """Log the model (Keras flavour, loadable as pyfunc) with signature and input example;
+    returns its model URI."""
+    from mlflow.models import Model, infer_signature
+
+    signature = infer_signature(x_sample, model.predict(x_sample, verbose=0))
+    info = Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=_KerasFlavor,
+        flavor_name="keras",
+        model=model,
+        signature=signature,
+        input_example=x_sample[:2],
+    )
+    return info.model_uri

@@ -1,0 +1,71 @@
+"""Fitting a model from params on the processed splits; shared by `train` and the sweep."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from digits.config import ModelConfig, TrainConfig
+from digits.data import Split
+from digits.tracking import KERAS_TO_METRIC, history_frame
+
+METRIC_TO_KERAS = {v: k for k, v in KERAS_TO_METRIC.items()}
+
+if TYPE_CHECKING:
+    import keras
+
+
+def image_shape(n_features: int) -> tuple[int, int]:
+    """The square image a flattened row came from (28 x 28 for MNIST)."""
+    side = round(n_features**0.5)
+    if side * side != n_features:
+        raise ValueError(f"{n_features} features are not a square image")
+    return side, side
+
+
+def fit(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train: Split,
+    val: Split,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[keras.Model, pd.DataFrame]:
+    """Seed, build, compile and fit; returns the model (best epoch's weights when early stopping
+    is on) and the per-epoch history in the metric vocabulary."""
+    import keras
+
+    from digits.models import build_model, compile_model
+
+    keras.utils.set_random_seed(train_cfg.seed)
+    steps = math.ceil(len(train) / train_cfg.batch_size)
+    model = compile_model(build_model(model_cfg, image_shape(train.x.shape[1])), train_cfg, steps)
+    standard: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if train_cfg.patience:
+        standard.append(
+            keras.callbacks.EarlyStopping(
+                monitor=METRIC_TO_KERAS[train_cfg.monitor],
+                patience=train_cfg.patience,
+                restore_best_weights=True,
+            )
+        )
+    history = model.fit(
+        train.x,
+        train.y,
+        validation_data=(val.x, val.y),
+        epochs=train_cfg.epochs,
+        batch_size=train_cfg.batch_size,
+        callbacks=[*standard, *callbacks],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return model, history_frame(history.history)
+
+
+def best_epoch(history: pd.DataFrame, monitor: str) -> int:
+    """The epoch (from 1) whose weights early stopping keeps."""
+    column = history[monitor]
+    row = column.idxmax() if monitor.endswith("accuracy") else column.idxmin()
+    return int(history["epoch"][row])

@@ -1,0 +1,85 @@
+"""params.yaml validation: the real file passes; every problem is named, all at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, real_params
+
+from digits.config import ParamsError, load_params, parse_params, run_params
+
+
+def test_real_params_yaml_is_valid() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.type in {"softmax", "mlp", "cnn"}
+    assert len(params.download.mirrors) >= 2
+
+
+def test_every_problem_is_listed_with_its_key() -> None:
+    raw = real_params()
+    raw["train"]["learning_rate"] = 0
+    raw["train"]["epochs"] = -1
+    raw["model"]["mlp"]["activation"] = "relux"
+    raw["model"]["mlp"]["dropout"] = 1.0
+    raw["train"]["optimiser"] = "adam"  # typo of `optimizer`
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert "5 invalid setting(s)" in message
+    assert "train.learning_rate: Input should be greater than 0 (got 0)" in message
+    assert "train.epochs" in message
+    assert "model.mlp.activation" in message and "'relu'" in message  # says what is allowed
+    assert "model.mlp.dropout" in message
+    assert "train.optimiser: unknown key (typo?)" in message
+
+
+def test_missing_section_and_wrong_type() -> None:
+    raw = real_params()
+    del raw["download"]
+    raw["train"]["batch_size"] = "big"
+    with pytest.raises(ParamsError, match=r"download: Field required(.|\n)*train.batch_size"):
+        parse_params(raw)
+
+
+def test_width_list_must_match_depth() -> None:
+    raw = real_params()
+    raw["model"]["mlp"].update(depth=3, width=[200, 100])
+    with pytest.raises(ParamsError, match="width lists 2 layer sizes but depth is 3"):
+        parse_params(raw)
+    raw["model"]["mlp"].update(depth=4, width=[200, 100, 60, 30])
+    assert parse_params(raw).model.mlp.units == [200, 100, 60, 30]
+
+
+def test_run_params_are_flat_and_only_the_selected_family() -> None:
+    raw = real_params()
+    raw["model"]["type"] = "cnn"
+    flat = run_params(parse_params(raw))
+    assert flat["model.type"] == "cnn"
+    assert "model.cnn.filters" in flat
+    assert not any(k.startswith("model.mlp") for k in flat)
+    assert flat["train.learning_rate"] == raw["train"]["learning_rate"]
+
+
+def test_invalid_params_fail_fast_without_tensorflow(tmp_path: Path) -> None:
+    """A stage given a bad params.yaml exits with the message, before TensorFlow loads."""
+    raw = real_params()
+    raw["train"]["batch_size"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    code = (
+        "import sys\n"
+        "from digits.train import main\n"
+        "try:\n"
+        "    main(['--params', 'params.yaml', '--data', 'd', '--model', 'm.keras',"
+        " '--run-info', 'r', '--metrics', 'x', '--history', 'h', '--curves', 'c'])\n"
+        "except SystemExit as e:\n"
+        "    print('tensorflow' in sys.modules, e.code)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "False 1"
+    assert "train.batch_size: Input should be greater than 0" in out.stderr

@@ -1,0 +1,124 @@
+"""The model builder: every family, activation and optimizer builds, trains a step, and predicts
+probabilities; training on learnable data lowers the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import real_params, synthetic_digits
+
+from digits.config import parse_params
+from digits.data import Split
+from digits.preprocess import one_hot, to_features
+
+keras = pytest.importorskip("keras")
+
+from digits.models import build_model, compile_model  # noqa: E402
+from digits.training import fit  # noqa: E402
+
+X = np.random.default_rng(0).random((32, 784), dtype=np.float32)
+Y = one_hot(np.arange(32) % 10)
+
+
+def params_with(**sections):
+    raw = real_params()
+    for section, values in sections.items():
+        for key, value in values.items():
+            target = raw[section]
+            *path, leaf = key.split(".")
+            for part in path:
+                target = target[part]
+            target[leaf] = value
+    return parse_params(raw)
+
+
+def check(params) -> keras.Model:
+    model = compile_model(build_model(params.model), params.train, steps_per_epoch=1)
+    model.fit(X, Y, epochs=1, batch_size=16, verbose=0)
+    probabilities = model.predict(X[:4], verbose=0)
+    assert probabilities.shape == (4, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    return model
+
+
+def test_softmax_is_one_dense_layer() -> None:
+    model = check(params_with(model={"type": "softmax"}))
+    assert model.count_params() == 784 * 10 + 10
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish"])
+def test_mlp_activations(activation: str) -> None:
+    check(params_with(model={"type": "mlp", "mlp.activation": activation, "mlp.width": 16}))
+
+
+def test_mlp_layer_sizes_and_batch_norm() -> None:
+    model = check(
+        params_with(
+            model={
+                "type": "mlp",
+                "mlp.depth": 4,
+                "mlp.width": [20, 10, 6, 3],
+                "mlp.batch_norm": True,
+                "mlp.dropout": 0.25,
+            }
+        )
+    )
+    dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense == [20, 10, 6, 3, 10]
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 4
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in model.layers) == 4
+
+
+def test_cnn_reshapes_flat_input() -> None:
+    model = check(
+        params_with(
+            model={
+                "type": "cnn",
+                "cnn.filters": [4, 8],
+                "cnn.dense": 16,
+                "cnn.convs_per_block": 2,
+                "cnn.batch_norm": True,
+                "cnn.pooling": "avg",
+            }
+        )
+    )
+    assert model.input_shape == (None, 784)
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in model.layers) == 4
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "rmsprop", "adagrad", "adadelta", "adam"])
+def test_optimizers(optimizer: str) -> None:
+    params = params_with(model={"mlp.width": 8}, train={"optimizer": optimizer})
+    model = check(params)
+    expected = {
+        "sgd": "SGD",
+        "momentum": "SGD",
+        "rmsprop": "RMSprop",
+        "adagrad": "Adagrad",
+        "adadelta": "Adadelta",
+        "adam": "Adam",
+    }[optimizer]
+    assert type(model.optimizer).__name__ == expected
+    if optimizer == "momentum":
+        assert model.optimizer.momentum == pytest.approx(params.train.momentum)
+
+
+def test_fit_learns_and_reports_history() -> None:
+    images, labels = synthetic_digits(400, seed=3)
+    train = Split(to_features(images[:300]), one_hot(labels[:300]), np.arange(300))
+    val = Split(to_features(images[300:]), one_hot(labels[300:]), np.arange(300, 400))
+    params = params_with(
+        model={"mlp.width": 32, "mlp.depth": 1},
+        train={"epochs": 3, "batch_size": 32, "lr_schedule": "cosine"},
+    )
+    _, history = fit(params.model, params.train, train, val)
+    assert list(history.columns) == [
+        "epoch",
+        "train/accuracy",
+        "train/loss",
+        "val/accuracy",
+        "val/loss",
+    ]
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["train/loss"].iloc[-1] < history["train/loss"].iloc[0]
+    assert history["val/accuracy"].iloc[-1] > 0.5  # chance is 0.1
