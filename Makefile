@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PORT ?= 5000
 
-.PHONY: help setup repro test test-all lint format ui clean
+.PHONY: help setup repro test test-all lint format ui sweep promote dashboard clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -29,7 +29,7 @@ repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluat
 test: setup ## Run the test suite (synthetic data, no network; a few minutes)
 	pytest
 
-test-all: setup ## Also run the slow tests (real-data checks)
+test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIST_MIRROR)
 	pytest -m ''
 
 lint: setup ## ruff check and format check
@@ -42,6 +42,21 @@ format: setup ## Apply ruff's fixes and formatting
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
+
+SWEEP_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS)) \
+  $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STUDY),--study $(STUDY)) \
+  $(if $(STORAGE),--storage '$(STORAGE)')
+STUDY_ARGS = $(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage '$(STORAGE)')
+
+sweep: setup ## Optuna sweep (N_TRIALS= TIMEOUT= WORKERS= STUDY= STORAGE=); resumes a study
+	dvc repro preprocess
+	python -m digits.sweep run $(SWEEP_ARGS)
+
+promote: setup ## Write the sweep's best trial into params.yaml (then: make repro)
+	python -m digits.sweep promote $(STUDY_ARGS)
+
+dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:8080)
+	optuna-dashboard --port 8080 "$$(python -m digits.sweep storage $(STUDY_ARGS))"
 
 clean: ## Remove generated data, models, runs (keeps the DVC cache)
 	rm -rf data/raw data/processed models mlflow.db mlartifacts

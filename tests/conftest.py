@@ -8,7 +8,11 @@ import functools
 import gzip
 import hashlib
 import http.server
+import os
+import socket
+import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from digits.idx import encode_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train": 600, "t10k": 200}
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +76,11 @@ def shrink(raw: dict[str, Any], hashes: dict[str, str], mirrors: list[str]) -> d
     raw["data"]["val_size"] = 100
     raw["model"]["mlp"].update(depth=1, width=32)
     raw["train"].update(epochs=2, batch_size=64)
+    if sweep := raw.get("sweep"):
+        sweep["fixed"]["train.epochs"] = 2
+        sweep["space"]["model.mlp.depth"] = {"low": 1, "high": 2}
+        sweep["space"]["model.mlp.width"] = {"choices": [16, 32]}
+        sweep.update(n_trials=4, startup_trials=1, warmup_epochs=1)
     return raw
 
 
@@ -97,3 +107,64 @@ def http_mirror(mirror: tuple[Path, dict[str, str]]) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory: pytest.TempPathFactory, mirror) -> Path:
+    """The synthetic dataset, downloaded and preprocessed by the real stages."""
+    from digits import download, preprocess
+
+    folder, hashes = mirror
+    root = tmp_path_factory.mktemp("data")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(shrink(real_params(), hashes, [str(folder)])))
+    download.main(["--params", str(params), "--out", str(root / "raw")])
+    preprocess.main(["--params", str(params), "--raw", str(root / "raw"), "--out", str(root / "p")])
+    return root / "p"
+
+
+def postgres_database(prefix: str) -> str:
+    """A fresh database on the local PostgreSQL (its SQLAlchemy URL), or skip; REQUIRE_POSTGRES=1
+    (set by .ci/run) turns the skip into a failure."""
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(PG_ADMIN, connect_timeout=3)
+    except Exception as err:  # any reason: not installed, refused, auth
+        reason = f"no PostgreSQL at 127.0.0.1:5432 ({type(err).__name__}: {err})".strip()
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + "; REQUIRE_POSTGRES=1 makes it mandatory")
+        print(reason)
+        pytest.skip(reason)
+    conn.autocommit = True
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(url: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(PG_ADMIN)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    conn.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for servers to start, or to fail to reach)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment for running a stage in a subprocess: this venv first on PATH, and none
+    of the variables that would point it at the developer's own store, storage, data or DVC."""
+    drop = {"MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "MNIST_MIRROR"}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("DVC_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return {**env, **extra}

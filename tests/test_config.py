@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, real_params
 
 from digits.config import ParamsError, load_params, parse_params, run_params
+
+from conftest import ROOT, real_params
 
 
 def test_real_params_yaml_is_valid() -> None:
@@ -26,10 +27,18 @@ def test_every_problem_is_listed_with_its_key() -> None:
     raw["model"]["mlp"]["activation"] = "relux"
     raw["model"]["mlp"]["dropout"] = 1.0
     raw["train"]["optimiser"] = "adam"  # typo of `optimizer`
+    raw["train"]["optimizer"] = "adamw"
+    raw["train"]["batch_size"] = 0
+    raw["model"]["type"] = "rnn"
+    raw["model"]["mlp"]["depth"] = -1
     with pytest.raises(ParamsError) as err:
         parse_params(raw)
     message = str(err.value)
-    assert "5 invalid setting(s)" in message
+    assert "9 invalid setting(s)" in message
+    assert "train.optimizer: Input should be 'sgd', 'momentum'" in message
+    assert "train.batch_size: Input should be greater than 0 (got 0)" in message
+    assert "model.type: Input should be 'softmax', 'mlp' or 'cnn' (got 'rnn')" in message
+    assert "model.mlp.depth: Input should be greater than or equal to 0 (got -1)" in message
     assert "train.learning_rate: Input should be greater than 0 (got 0)" in message
     assert "train.epochs" in message
     assert "model.mlp.activation" in message and "'relu'" in message  # says what is allowed

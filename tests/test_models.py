@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import real_params, synthetic_digits
 
 from digits.config import parse_params
 from digits.data import Split
 from digits.preprocess import one_hot, to_features
+
+from conftest import real_params, synthetic_digits
 
 keras = pytest.importorskip("keras")
 
@@ -48,7 +49,9 @@ def test_softmax_is_one_dense_layer() -> None:
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish"])
 def test_mlp_activations(activation: str) -> None:
-    check(params_with(model={"type": "mlp", "mlp.activation": activation, "mlp.width": 16}))
+    model = check(params_with(model={"type": "mlp", "mlp.activation": activation, "mlp.width": 16}))
+    used = {layer.activation.__name__ for layer in model.layers if hasattr(layer, "activation")}
+    assert {"swish": "silu"}.get(activation, activation) in used, used  # keras: swish is silu
 
 
 def test_mlp_layer_sizes_and_batch_norm() -> None:
@@ -122,3 +125,14 @@ def test_fit_learns_and_reports_history() -> None:
     assert history["epoch"].tolist() == [1, 2, 3]
     assert history["train/loss"].iloc[-1] < history["train/loss"].iloc[0]
     assert history["val/accuracy"].iloc[-1] > 0.5  # chance is 0.1
+
+
+def test_nan_loss_stops_training_with_a_clear_error() -> None:
+    from digits.training import TrainingDiverged
+
+    y = Y.copy()
+    y[5, 3] = np.nan  # one poisoned label makes the first batch's loss NaN
+    data = Split(X, y, np.arange(32))
+    params = params_with(model={"mlp.width": 8, "mlp.depth": 1}, train={"epochs": 3})
+    with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1"):
+        fit(params.model, params.train, data, Split(X, Y, np.arange(32)), verbose=0)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import ROOT, real_params, shrink
 
 BIN = Path(sys.executable).parent
@@ -124,3 +125,42 @@ def test_second_repro_runs_nothing_and_train_param_reruns_only_downstream(projec
     )
     assert sorted(r.data.params["train.learning_rate"] for r in runs) == ["0.001", "0.002"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_kill_9_during_train_then_repro_recovers(project) -> None:
+    """`kill -9` of the whole `dvc repro` while `train` runs: the next `dvc repro` reruns what
+    is missing and succeeds, and the killed run does not stay RUNNING."""
+    import signal
+    import time
+
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(learning_rate=0.003, epochs=200, patience=0)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    client = mlflow_client(root)
+    experiment = client.get_experiment_by_name("mnist").experiment_id
+    before = {r.info.run_id for r in client.search_runs([experiment])}
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"], cwd=root, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline:
+        time.sleep(0.5)
+        for candidate in client.search_runs([experiment]):
+            run_id = candidate.info.run_id
+            if run_id not in before and len(client.get_metric_history(run_id, "val/loss")) >= 2:
+                killed = run_id
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed, "training never started"
+
+    params["train"]["epochs"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    again = run([str(BIN / "dvc"), "repro"], root, env)
+    assert stages_run(again) == {"train", "evaluate", "report"}
+    assert "up to date" in run([str(BIN / "dvc"), "status"], root, env)
+    dead = client.get_run(killed)
+    assert dead.info.status == "FAILED"
+    assert dead.data.tags["failure_reason"].startswith("process died")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import synthetic_digits
 
 from digits.config import DataConfig
 from digits.data import load_splits
 from digits.preprocess import main, make_splits, one_hot, to_features
+
+from conftest import synthetic_digits
 
 
 def test_features_are_flat_float32_in_unit_range() -> None:

@@ -28,5 +28,8 @@ def stage_main(func: F) -> F:
         except PipelineError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(1) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapper  # type: ignore[return-value]

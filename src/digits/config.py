@@ -123,6 +123,48 @@ class MLflowConfig(Strict):
     artifact_location: str = "mlartifacts"
 
 
+class Dimension(Strict):
+    """One searched setting: a list of `choices`, or a range `low`..`high` (integers when both
+    ends are integers), sampled on a log scale when `log` is true."""
+
+    choices: list[Any] | None = Field(default=None, min_length=1)
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _choices_or_range(self) -> Dimension:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either `choices` or both `low` and `high`")
+        if self.choices is None and not self.low < self.high:  # type: ignore[operator]
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.choices is not None or self.low <= 0):  # type: ignore[operator]
+            raise ValueError("`log` needs a range with low > 0")
+        return self
+
+    @property
+    def values(self) -> list[Any]:
+        """The values to check against the schema: every choice, or both ends of the range."""
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+class SweepConfig(Strict):
+    """The Optuna search (`make sweep`): the space is data, keyed by dotted param names."""
+
+    study: str = Field(default="mnist-mlp", min_length=1)
+    storage: str | None = None  # None: sweeps/optuna-journal.log; or any SQLAlchemy URL
+    n_trials: int = Field(default=30, gt=0)  # finished (complete or pruned) trials to reach
+    timeout: float | None = Field(default=None, gt=0)  # seconds per `make sweep`
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 42
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(default=5, ge=0)  # trials before the median pruner prunes
+    warmup_epochs: int = Field(default=2, ge=0)  # epochs every trial runs before it can be pruned
+    heartbeat: float = Field(default=30.0, gt=0)  # seconds; stale-trial detection, RDB storages
+    fixed: dict[str, Any] = {}  # the same for every trial, e.g. `train.epochs: 15`
+    space: dict[str, Dimension] = Field(min_length=1)
+
+
 class Params(Strict):
     """All of `params.yaml`."""
 
@@ -131,6 +173,63 @@ class Params(Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MLflowConfig = MLflowConfig()
+    sweep: SweepConfig | None = None
+
+    @model_validator(mode="after")
+    def _sweep_fits_schema(self) -> Params:
+        if self.sweep is None:
+            return self
+        # every fixed value and every end or choice of each dimension, with the other
+        # dimensions at their first value: what trials will actually combine
+        known = flatten(self.model_dump())
+        first = {**self.sweep.fixed, **{k: d.values[0] for k, d in self.sweep.space.items()}}
+        first = {k: v for k, v in first.items() if k in known}
+        problems = []
+        for key in self.sweep.fixed:
+            problems += _override_problems(self, first, f"sweep.fixed.{key}", key)
+        for key, dim in self.sweep.space.items():
+            for value in dim.values:
+                overrides = {**first, key: value}
+                problems += _override_problems(self, overrides, f"sweep.space.{key}", key)
+        if problems:
+            raise ValueError("\n".join(dict.fromkeys(problems)))
+        return self
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Params:
+        """A copy with dotted keys (`train.learning_rate`) replaced, validated like the file."""
+        tree = self.model_dump()
+        for key, value in overrides.items():
+            *parents, leaf = key.split(".")
+            node = tree
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ParamsError(f"{key}: no such setting")
+                node = node[part]
+            if leaf not in node:
+                raise ParamsError(f"{key}: no such setting")
+            node[leaf] = value
+        return parse_params(tree, "overrides")
+
+
+def _override_problems(
+    params: Params, overrides: dict[str, Any], where: str, key: str
+) -> list[str]:
+    """Why `overrides` would make `params` invalid, as messages naming `where`: the problems
+    of `key` itself and of the section rules it takes part in."""
+    if key.split(".")[0] in ("sweep", "download"):
+        return [f"{where}: only model, train and data settings can be searched"]
+    if key not in flatten(params.model_dump()):
+        return [f"{where}: no such setting"]
+    try:
+        params.model_copy(update={"sweep": None}).with_overrides(overrides)
+    except ParamsError as err:
+        problems = []
+        for line in str(err).splitlines()[1:]:
+            loc, _, message = line.strip().partition(": ")
+            if key.startswith(loc) or loc.startswith(key):  # this setting, or its section's rule
+                problems.append(f"{where}: {message.removeprefix('Value error, ')}")
+        return problems
+    return []
 
 
 class ParamsError(PipelineError, ValueError):
@@ -139,15 +238,18 @@ class ParamsError(PipelineError, ValueError):
 
 def format_errors(err: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted key, what was given and what is allowed."""
-    lines = [f"{source}: {err.error_count()} invalid setting(s):"]
+    lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (typo?)")
             continue
+        if e["type"] == "value_error" and not e["loc"]:  # cross-section checks, one per line
+            lines += [f"  {msg}" for msg in e["msg"].removeprefix("Value error, ").splitlines()]
+            continue
         given = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
         lines.append(f"  {key}: {e['msg']}{given}")
-    return "\n".join(lines)
+    return "\n".join([f"{source}: {len(lines)} invalid setting(s):", *lines])
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -37,7 +37,12 @@ class DownloadError(PipelineError):
 def sources(cfg: DownloadConfig, env: dict[str, str] | None = None) -> list[str]:
     """Where to look, in order: $MNIST_MIRROR, `local_mirror`, then the public mirrors."""
     env = os.environ if env is None else env
-    local = [s for s in (env.get(MIRROR_ENV), cfg.local_mirror) if s]
+    root = env.get("DVC_ROOT")  # relative folders mean the project's, also in `dvc exp --temp`
+    local = [
+        str(Path(root) / s) if root and "://" not in s and not Path(s).is_absolute() else s
+        for s in (env.get(MIRROR_ENV), cfg.local_mirror)
+        if s
+    ]
     return list(dict.fromkeys([*local, *cfg.mirrors]))
 
 

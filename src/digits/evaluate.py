@@ -126,7 +126,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--figures", type=Path, required=True, help="folder for the PNGs")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    root = args.params.resolve().parent
 
     import keras
     import mlflow
@@ -151,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_text(args.per_class, evaluation.per_class.to_csv(index=False, float_format="%.4f"))
     figures = write_figures(args.figures, test.x, labels, probabilities, evaluation, kernel)
 
-    tracking.setup(params.mlflow, root)
+    tracking.setup(params.mlflow, tracking.project_root(args.params))
     run_id = json.loads(args.run_info.read_text())["run_id"]
     with tracking.tracked_run(run_id=run_id):
         mlflow.log_metrics(evaluation.metrics)

@@ -20,6 +20,11 @@ def save(fig: Figure, path: Path) -> None:
     """Write a PNG atomically and release the figure."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    close(fig)
+
+
+def close(fig: Figure) -> None:
+    """Release a figure's memory (pyplot keeps every open figure alive)."""
     plt.close(fig)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from digits.cli import stage_main
 from digits.config import DataConfig, load_params
 from digits.data import Split, save_split
-from digits.idx import NUM_CLASSES, read_pair
+from digits.idx import NUM_CLASSES, IdxError, read_pair
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = read_pair(args.raw / "train-images-idx3-ubyte", args.raw / "train-labels-idx1-ubyte")
     test = read_pair(args.raw / "t10k-images-idx3-ubyte", args.raw / "t10k-labels-idx1-ubyte")
     if train[0].shape[1:] != test[0].shape[1:]:
-        raise ValueError(
-            f"train images are {train[0].shape[1:]} but test images {test[0].shape[1:]}"
+        raise IdxError(
+            f"{args.raw}: train images are {train[0].shape[1:]} but test images "
+            f"{test[0].shape[1:]}; both must come from the same dataset"
         )
     for name, split in make_splits(train, test, cfg).items():
         save_split(args.out / f"{name}.npz", split)

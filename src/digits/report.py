@@ -44,11 +44,12 @@ def render(
 ) -> str:
     """The report's Markdown; `images` maps figure keys to paths relative to the report."""
     accuracy = metrics["test/accuracy"]
+    epochs, selected = train_metrics["train/epochs"], train_metrics["selected/epoch"]
     parts = [
         "# MNIST training report",
         f"**Test accuracy {accuracy:.2%}** ({metrics['test/errors']} errors), "
         f"test loss {metrics['test/loss']:.4f}; model `{params['model.type']}`, "
-        f"{train_metrics['train/epochs']} epochs (best {train_metrics['best_epoch']}) in "
+        f"{epochs} epochs (weights of epoch {selected}) in "
         f"{train_metrics['train/seconds']:.0f} s. MLflow run `{run_id}`.",
         "## Metrics",
         _table(

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
@@ -37,10 +38,17 @@ KERAS_TO_METRIC = {
     "val_accuracy": "val/accuracy",
 }
 REMOTE_SCHEMES = {"http", "https", "databricks"}
+PROCESS_TAG = "process"  # host:pid of the process that has the run open
 
 
 class TrackingError(PipelineError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+def project_root(params_path: Path) -> Path:
+    """The project's root: $DVC_ROOT, which DVC sets for every stage (and points at the main
+    workspace even for `dvc exp run --temp` and queued runs), else the folder of params.yaml."""
+    return Path(os.environ.get("DVC_ROOT") or params_path.resolve().parent)
 
 
 def tracking_uri(cfg: MLflowConfig, root: Path) -> str:
@@ -82,7 +90,44 @@ def setup(cfg: MLflowConfig, root: Path) -> str:
         location = (root / cfg.artifact_location).resolve().as_uri() if local else None
         experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
+    close_dead_runs(experiment_id)
     return experiment_id
+
+
+def process_id(pid: int | None = None) -> str:
+    """`host:pid`, naming a process across machines."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def process_gone(process: str) -> bool:
+    """True when `process` (host:pid) ran on this host and no longer exists. A process on
+    another host is never judged from here."""
+    host, _, pid = process.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def close_dead_runs(experiment_id: str) -> list[str]:
+    """End FAILED the experiment's RUNNING runs whose process on this host is gone (killed
+    with -9, or the machine crashed): a run never stays RUNNING for ever."""
+    client = mlflow.MlflowClient()
+    closed = []
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    for run in running:
+        if process_gone(run.data.tags.get(PROCESS_TAG, "")):
+            client.set_tag(run.info.run_id, "failure_reason", "process died (killed or crashed)")
+            client.set_terminated(run.info.run_id, status="FAILED")
+            closed.append(run.info.run_id)
+    if closed:
+        log.warning("runs %s were left RUNNING by dead processes: marked FAILED", closed)
+    return closed
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -93,11 +138,13 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
     """`mlflow.start_run` that always ends: FINISHED, FAILED (reason in tag `failure_reason`) or
     KILLED on Ctrl-C / SIGTERM, never left RUNNING."""
-    previous = signal.getsignal(signal.SIGTERM)
-    with contextlib.suppress(ValueError):  # only the main thread may set handlers
-        signal.signal(signal.SIGTERM, _raise_interrupt)
     run = mlflow.start_run(**start_run_kwargs)
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        if previous in (signal.SIG_DFL, None):  # unless the program handles SIGTERM itself
+            with contextlib.suppress(ValueError):  # only the main thread may set handlers
+                signal.signal(signal.SIGTERM, _raise_interrupt)
+        mlflow.set_tag(PROCESS_TAG, process_id())
         yield run
     except KeyboardInterrupt:
         mlflow.set_tag("failure_reason", "interrupted")
@@ -110,8 +157,9 @@ def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
     else:
         mlflow.end_run("FINISHED")
     finally:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
+        if previous in (signal.SIG_DFL, None):
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
 
 
 def git_commit(root: Path) -> str | None:
@@ -140,6 +188,8 @@ def context_tags(root: Path, data_digest: str) -> dict[str, str]:
         tags["git.commit"] = commit
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = exp
+    if baseline := os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = baseline
     return tags
 
 

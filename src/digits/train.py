@@ -7,16 +7,53 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 from digits.cli import stage_main
-from digits.config import Params, load_params, run_params
-from digits.data import file_digest, load_splits
+from digits.config import Params, load_params
+from digits.data import Split, file_digest, load_splits
 from digits.files import atomic_path, write_json, write_text
 
+if TYPE_CHECKING:
+    import keras
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one training run produced."""
+
+    model: keras.Model
+    history: pd.DataFrame
+    metrics: dict[str, Any]
+    run_id: str
+
+
+def train(params: Params, train: Split, val: Split, data_path: Path, root: Path) -> TrainResult:
+    """Fit in a new MLflow run that records params, curves, data, code version and the model."""
+    import mlflow
+
+    from digits import plots, tracking
+    from digits.training import fit_logged
+
+    digest = file_digest(data_path / "train.npz", data_path / "val.npz")
+    with tracking.tracked_run(run_name=os.environ.get("DVC_EXP_NAME")) as run:
+        mlflow.set_tags(tracking.context_tags(root, digest))
+        tracking.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
+        model, history, metrics = fit_logged(params, train, val)
+        figure = plots.learning_curves(history)
+        mlflow.log_figure(figure, "plots/learning_curves.png")
+        plots.close(figure)
+        mlflow.log_table(history, artifact_file="history.json")
+        tracking.log_keras_model(model, val.x[:5])
+    return TrainResult(model, history, metrics, run.info.run_id)
 
 
 @stage_main
@@ -32,65 +69,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--curves", type=Path, required=True, help="learning-curve PNG")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    root = args.params.resolve().parent
-    train(params, root, args)
-
-
-def train(params: Params, root: Path, args: argparse.Namespace) -> str:
-    """Fit and track one run; returns its MLflow run id."""
-    import mlflow
 
     from digits import plots, tracking
-    from digits.training import best_epoch, fit
 
+    root = tracking.project_root(args.params)
     experiment_id = tracking.setup(params.mlflow, root)
     splits = load_splits(args.data, ("train", "val"))
-    digest = file_digest(args.data / "train.npz", args.data / "val.npz")
-    import os
+    result = train(params, splits["train"], splits["val"], args.data, root)
 
-    with tracking.tracked_run(run_name=os.environ.get("DVC_EXP_NAME")) as run:
-        mlflow.set_tags(tracking.context_tags(root, digest))
-        mlflow.log_params(run_params(params))
-        tracking.log_dataset(
-            splits["train"].x, splits["train"].y, args.data / "train.npz", digest, "training"
-        )
-        started = time.perf_counter()
-        model, history = fit(
-            params.model,
-            params.train,
-            splits["train"],
-            splits["val"],
-            callbacks=[tracking.epoch_logger()],
-        )
-        seconds = time.perf_counter() - started
-        val_loss, val_accuracy = model.evaluate(splits["val"].x, splits["val"].y, verbose=0)
-        metrics = {
-            "train/seconds": round(seconds, 2),
-            "train/epochs": len(history),
-            "best_epoch": best_epoch(history, params.train.monitor),
-            "best/val/loss": float(val_loss),
-            "best/val/accuracy": float(val_accuracy),
-        }
-        mlflow.log_metrics(metrics)
-        mlflow.log_param("model.n_params", model.count_params())
-
-        with atomic_path(args.model) as tmp:
-            model.save(tmp)
-        write_text(args.history, history.to_csv(index=False, float_format="%.6g"))
-        write_json(args.metrics, metrics)
-        plots.save(plots.learning_curves(history), args.curves)
-        mlflow.log_artifact(str(args.curves), artifact_path="plots")
-        mlflow.log_table(history, artifact_file="history.json")
-        tracking.log_keras_model(model, splits["val"].x[:5])
-        write_json(args.run_info, {"run_id": run.info.run_id, "experiment_id": experiment_id})
-        log.info(
-            "run %s: val accuracy %.4f after %d epochs in %.0f s",
-            run.info.run_id,
-            val_accuracy,
-            len(history),
-            seconds,
-        )
-        return run.info.run_id
+    with atomic_path(args.model) as tmp:
+        result.model.save(tmp)
+    write_text(args.history, result.history.to_csv(index=False, float_format="%.6g"))
+    write_json(args.metrics, result.metrics)
+    plots.save(plots.learning_curves(result.history), args.curves)
+    write_json(args.run_info, {"run_id": result.run_id, "experiment_id": experiment_id})
+    log.info(
+        "run %s: val accuracy %.4f (epoch %d of %d) in %.0f s",
+        result.run_id,
+        result.metrics["selected/val_accuracy"],
+        result.metrics["selected/epoch"],
+        result.metrics["train/epochs"],
+        result.metrics["train/seconds"],
+    )
 
 
 if __name__ == "__main__":

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from digits.config import ModelConfig, TrainConfig
+from digits import PipelineError
+from digits.config import ModelConfig, Params, TrainConfig, run_params
 from digits.data import Split
 from digits.tracking import KERAS_TO_METRIC, history_frame
 
 METRIC_TO_KERAS = {v: k for k, v in KERAS_TO_METRIC.items()}
+
+
+class TrainingDiverged(PipelineError):
+    """The loss became NaN or infinite; TerminateOnNaN stopped the fit."""
+
 
 if TYPE_CHECKING:
     import keras
@@ -33,6 +40,7 @@ def fit(
     train: Split,
     val: Split,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Seed, build, compile and fit; returns the model (best epoch's weights when early stopping
     is on) and the per-epoch history in the metric vocabulary."""
@@ -59,9 +67,15 @@ def fit(
         epochs=train_cfg.epochs,
         batch_size=train_cfg.batch_size,
         callbacks=[*standard, *callbacks],
-        verbose=1 if sys.stdout.isatty() else 2,
+        verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
     )
-    return model, history_frame(history.history)
+    frame = history_frame(history.history)
+    if not all(math.isfinite(v) for v in history.history["loss"]):
+        raise TrainingDiverged(
+            f"training loss became {frame['train/loss'].iloc[-1]} in epoch {len(frame)}; "
+            "lower train.learning_rate or pick another optimizer"
+        )
+    return model, frame
 
 
 def best_epoch(history: pd.DataFrame, monitor: str) -> int:
@@ -69,3 +83,38 @@ def best_epoch(history: pd.DataFrame, monitor: str) -> int:
     column = history[monitor]
     row = column.idxmax() if monitor.endswith("accuracy") else column.idxmin()
     return int(history["epoch"][row])
+
+
+def fit_logged(
+    params: Params,
+    train: Split,
+    val: Split,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | None = None,
+) -> tuple[keras.Model, pd.DataFrame, dict[str, float]]:
+    """`fit` inside the active MLflow run: logs the params, every epoch's metrics (step = epoch)
+    and a summary of the selected (restored) model; returns the model, history and summary."""
+    import mlflow
+
+    from digits.tracking import epoch_logger
+
+    mlflow.log_params(run_params(params))
+    started = time.perf_counter()
+    model, history = fit(
+        params.model, params.train, train, val, [epoch_logger(), *callbacks], verbose
+    )
+    seconds = time.perf_counter() - started
+    val_loss, val_accuracy = model.evaluate(val.x, val.y, batch_size=1024, verbose=0)
+    summary = {
+        "train/seconds": round(seconds, 2),
+        "train/epochs": len(history),
+        # early stopping restores the best epoch's weights; without it the last epoch's stay
+        "selected/epoch": (
+            best_epoch(history, params.train.monitor) if params.train.patience else len(history)
+        ),
+        "selected/val_loss": float(val_loss),
+        "selected/val_accuracy": float(val_accuracy),
+    }
+    mlflow.log_metrics(summary)
+    mlflow.log_param("model.n_params", model.count_params())
+    return model, history, summary

@@ -1,0 +1,85 @@
+"""MLflow runs always end: FINISHED, FAILED with the reason, or KILLED on Ctrl-C and SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from digits import tracking
+from digits.config import MLflowConfig
+
+from conftest import real_params, shrink, stage_env
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    import mlflow
+
+    tracking.setup(MLflowConfig(), tmp_path)
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+def only_run(client):
+    experiment = client.get_experiment_by_name("mnist")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return run
+
+
+def test_finished(store) -> None:
+    with tracking.tracked_run():
+        pass
+    assert only_run(store).info.status == "FINISHED"
+
+
+def test_exception_ends_failed_with_reason(store) -> None:
+    with pytest.raises(ValueError), tracking.tracked_run():
+        raise ValueError("boom")
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == "ValueError: boom"
+
+
+def test_keyboard_interrupt_ends_killed(store) -> None:
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run():
+        raise KeyboardInterrupt
+    run = only_run(store)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == "interrupted"
+
+
+def test_sigterm_during_training_ends_killed(tmp_path: Path, mirror, processed: Path) -> None:
+    """A real `train` stage, terminated mid-fit: its run ends KILLED and no model is written."""
+    from mlflow import MlflowClient
+
+    _, hashes = mirror
+    raw = shrink(real_params(), hashes, ["x"])
+    raw["train"].update(epochs=500, patience=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    cmd = [str(BIN / "python"), "-m", "digits.train", "--data", str(processed)]
+    cmd += ["--model", "m/model.keras", "--run-info", "m/run.json", "--metrics", "r/m.json"]
+    cmd += ["--history", "r/h.csv", "--curves", "r/c.png"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=stage_env(), stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a few epochs are logged
+        time.sleep(0.5)
+        experiment = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("mnist")
+        runs = experiment and client.search_runs([experiment.experiment_id])
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "val/loss")) >= 2:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "interrupted" in stderr
+    run = only_run(client)
+    assert run.info.status == "KILLED"
+    assert not (tmp_path / "m/model.keras").exists()

@@ -1,0 +1,116 @@
+"""The scale-out tracking path: the same train and evaluate stages logging to an MLflow tracking
+server backed by PostgreSQL, chosen only by MLFLOW_TRACKING_URI; and a dead server failing fast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from conftest import drop_database, free_port, postgres_database, real_params, shrink, stage_env
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path) -> Iterator[str]:
+    """`mlflow server` on loopback with a fresh PostgreSQL database as its backend store."""
+    database = postgres_database("digits_mlflow_test")
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", database, "--artifacts-destination", str(tmp_path / "art")]
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.time() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        drop_database(database)
+
+
+def stage(module: str, args: list[str], cwd: Path, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "python"), "-m", module, *args],
+        cwd=cwd,
+        env=stage_env(MLFLOW_TRACKING_URI=uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def train_args(data: Path) -> list[str]:
+    return [
+        "--data", str(data), "--model", "models/model.keras", "--run-info", "models/run.json",
+        "--metrics", "reports/train_metrics.json", "--history", "reports/history.csv",
+        "--curves", "reports/learning_curves.png",
+    ]  # fmt: skip
+
+
+def test_stages_log_to_a_postgresql_backed_server(
+    tmp_path: Path, mirror, processed: Path, tracking_server: str
+) -> None:
+    from mlflow import MlflowClient
+
+    _, hashes = mirror
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
+    trained = stage("digits.train", train_args(processed), tmp_path, tracking_server)
+    assert trained.returncode == 0, trained.stderr
+    evaluated = stage(
+        "digits.evaluate",
+        ["--data", str(processed), "--model", "models/model.keras", "--run-info",
+         "models/run.json", "--metrics", "reports/metrics.json", "--confusion",
+         "reports/confusion.csv", "--per-class", "reports/per_class.csv", "--figures", "figs"],
+        tmp_path,
+        tracking_server,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "nothing went to the local default store"
+
+    client = MlflowClient(tracking_uri=tracking_server)
+    run_id = json.loads((tmp_path / "models/run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.type"] == "mlp"
+    assert "test/accuracy" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run_id, "val/accuracy")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"plots", "confusion_matrix.json"} <= artifacts
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_server)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert model.metadata.signature is not None
+
+
+def test_dead_tracking_server_fails_fast_before_training(
+    tmp_path: Path, mirror, processed: Path
+) -> None:
+    _, hashes = mirror
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
+    started = time.perf_counter()
+    out = stage("digits.train", train_args(processed), tmp_path, f"http://127.0.0.1:{free_port()}")
+    assert out.returncode == 1
+    assert "is not reachable" in out.stderr and "MLFLOW_TRACKING_URI" in out.stderr
+    assert not (tmp_path / "models/model.keras").exists()
+    assert time.perf_counter() - started < 30  # seconds, not minutes of client retries
