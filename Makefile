@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PORT ?= 5000
 
-.PHONY: help setup repro test test-all lint format ui sweep promote dashboard clean
+.PHONY: help setup repro test test-all lint format ui sweep promote dashboard ladder bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -57,6 +57,10 @@ promote: setup ## Write the sweep's best trial into params.yaml (then: make repr
 
 dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:8080)
 	optuna-dashboard --port 8080 "$$(python -m digits.sweep storage $(STUDY_ARGS))"
+
+ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~40 min)
+	dvc repro preprocess
+	python -m digits.ladder $(if $(ONLY),--only $(ONLY))
 
 clean: ## Remove generated data, models, runs (keeps the DVC cache)
 	rm -rf data/raw data/processed models mlflow.db mlartifacts

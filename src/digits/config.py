@@ -92,13 +92,28 @@ class CNNConfig(Strict):
     batch_norm: bool = False
 
 
+class AugmentConfig(Strict):
+    """Random distortions of each training batch (Keras preprocessing layers at the model's
+    input: active in `fit` only, identity at evaluation and prediction). All 0: off."""
+
+    rotation: float = Field(default=0.0, ge=0, le=45)  # degrees, either way
+    shift: float = Field(default=0.0, ge=0, le=0.3)  # fraction of the image side, each axis
+    zoom: float = Field(default=0.0, ge=0, le=0.3)  # fraction, in or out
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any distortion is on."""
+        return bool(self.rotation or self.shift or self.zoom)
+
+
 class ModelConfig(Strict):
-    """Which family to build, and the settings of each family."""
+    """Which family to build, the settings of each family, and training-time augmentation."""
 
     type: Literal["softmax", "mlp", "cnn"] = "mlp"
     softmax: SoftmaxConfig = SoftmaxConfig()
     mlp: MLPConfig = MLPConfig()
     cnn: CNNConfig = CNNConfig()
+    augment: AugmentConfig = AugmentConfig()
 
 
 class TrainConfig(Strict):
@@ -292,7 +307,7 @@ def run_params(params: Params) -> dict[str, Any]:
     family = getattr(model, model.type).model_dump()
     tree = {
         "data": params.data.model_dump(),
-        "model": {"type": model.type, model.type: family},
+        "model": {"type": model.type, model.type: family, "augment": model.augment.model_dump()},
         "train": params.train.model_dump(),
     }
     return flatten(tree)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from digits.config import CNNConfig, MLPConfig, ModelConfig, TrainConfig
+from digits.config import AugmentConfig, CNNConfig, MLPConfig, ModelConfig, TrainConfig
 from digits.idx import NUM_CLASSES
 
 if TYPE_CHECKING:
@@ -20,6 +20,23 @@ INITIALIZERS = {
     "tanh": "glorot_uniform",
     "sigmoid": "glorot_uniform",
 }
+
+
+def _augment(
+    x: keras.KerasTensor, cfg: AugmentConfig, image_shape: tuple[int, int]
+) -> keras.KerasTensor:
+    """Random rotation, shift and zoom of the images in a training batch; the identity when
+    the model is evaluated or predicts. Flat in, flat out."""
+    from keras import layers
+
+    x = layers.Reshape((*image_shape, 1))(x)
+    if cfg.rotation:
+        x = layers.RandomRotation(cfg.rotation / 360, fill_mode="constant")(x)
+    if cfg.shift:
+        x = layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant")(x)
+    if cfg.zoom:
+        x = layers.RandomZoom(cfg.zoom, fill_mode="constant")(x)
+    return layers.Flatten()(x)
 
 
 def _mlp(x: keras.KerasTensor, cfg: MLPConfig) -> keras.KerasTensor:
@@ -70,12 +87,11 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int] = (28, 28)) -> ke
     from keras import layers
 
     inputs = keras.Input(shape=(image_shape[0] * image_shape[1],), name="pixels")
+    x = _augment(inputs, cfg.augment, image_shape) if cfg.augment.enabled else inputs
     if cfg.type == "mlp":
-        x = _mlp(inputs, cfg.mlp)
+        x = _mlp(x, cfg.mlp)
     elif cfg.type == "cnn":
-        x = _cnn(inputs, cfg.cnn, image_shape)
-    else:
-        x = inputs
+        x = _cnn(x, cfg.cnn, image_shape)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=cfg.type)
 

@@ -1,0 +1,195 @@
+"""`make ladder`: the course notes' classic configurations as DVC experiments on real MNIST.
+
+    python -m digits.ladder [--rungs bench/ladder.yaml] [--only NAME ...] [--out reports/ladder.md]
+
+Each rung of `bench/ladder.yaml` is `dvc exp run --temp` with its `-S` settings on top of
+`params.yaml` (train, evaluate and report forced to run, so times are measured, not restored
+from DVC's run cache). Its figures are read back from the rung's MLflow run (tag
+`dvc.exp_name`); the table goes to `reports/ladder.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from digits.cli import stage_main
+from digits.config import Params, ParamsError, load_params
+from digits.files import write_text
+
+log = logging.getLogger(__name__)
+
+
+class Rung(BaseModel):
+    """One configuration: its name, the notes' test accuracy (%) and its param settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    reference: float = Field(gt=0, le=100)
+    max_seconds: float | None = Field(default=None, gt=0)
+    set: dict[str, Any] = Field(min_length=1)
+
+    @property
+    def exp_name(self) -> str:
+        """The DVC experiment (and MLflow run) name: `ladder-` and a slug of the name."""
+        return "ladder-" + re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")[:40]
+
+
+def load_rungs(path: Path, params: Params) -> list[Rung]:
+    """Read the rungs and validate each one's settings against the params schema."""
+    raw = yaml.safe_load(path.read_text())
+    rungs = [Rung.model_validate(r) for r in raw["rungs"]]
+    problems = []
+    for rung in rungs:
+        try:
+            params.with_overrides(rung.set)
+        except ParamsError as err:
+            problems.append(f"{rung.name}: {err}")
+    if problems:
+        raise ParamsError(f"{path}:\n" + "\n".join(problems))
+    return rungs
+
+
+def exp_command(rung: Rung) -> list[str]:
+    """`dvc exp run` for a rung: a temp workspace, training and what follows it forced."""
+    command = ["dvc", "exp", "run", "--temp", "--name", rung.exp_name, "--force"]
+    command += ["--downstream", "train"]
+    for key, value in rung.set.items():
+        command += ["-S", f"{key}={json.dumps(value)}"]
+    return command
+
+
+def run_rung(rung: Rung) -> float:
+    """Remove an earlier experiment of the same name, run the rung; returns its wall seconds."""
+    subprocess.run(["dvc", "exp", "remove", rung.exp_name], capture_output=True, check=False)
+    log.info("%s: %s", rung.name, " ".join(exp_command(rung)))
+    started = time.perf_counter()
+    subprocess.run(exp_command(rung), check=True)
+    return time.perf_counter() - started
+
+
+def rung_result(rung: Rung, experiment: str) -> dict[str, Any]:
+    """The figures of the rung's newest MLflow run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs(
+        [found.experiment_id] if found else [],
+        filter_string=f"tags.`dvc.exp_name` = '{rung.exp_name}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise ParamsError(f"{rung.name}: no finished MLflow run tagged {rung.exp_name}")
+    metrics = runs[0].data.metrics
+    return {
+        "accuracy": 100 * metrics["test/accuracy"],
+        "epochs": int(metrics["train/epochs"]),
+        "selected": int(metrics["selected/epoch"]),
+        "seconds": metrics["train/seconds"],
+        "run_id": runs[0].info.run_id,
+    }
+
+
+def table(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
+    """The ladder as a Markdown table: ours next to the reference, and whether it holds."""
+    lines = [
+        "| configuration | reference | ours (test) | epochs (kept) | training | exp run wall "
+        "| holds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rung in rungs:
+        r = results.get(rung.name)
+        if r is None:
+            lines.append(f"| {rung.name} | {rung.reference:.2f}% | not run | | | | |")
+            continue
+        holds = r["accuracy"] >= rung.reference and (
+            rung.max_seconds is None or r["seconds"] <= rung.max_seconds
+        )
+        limit = f" (limit {rung.max_seconds:.0f} s)" if rung.max_seconds else ""
+        lines.append(
+            f"| {rung.name} | {rung.reference:.2f}% | **{r['accuracy']:.2f}%** "
+            f"| {r['epochs']} ({r['selected']}) | {r['seconds']:.0f} s{limit} "
+            f"| {r['wall']:.0f} s | {'yes' if holds else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def commands(rungs: Sequence[Rung]) -> str:
+    """Each rung's command line, to rerun one by hand."""
+    return "\n".join(f"# {r.name}\n{' '.join(exp_command(r))}" for r in rungs)
+
+
+def report(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
+    """`reports/ladder.md`: machine, date, the table and the commands."""
+    import tensorflow as tf
+
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}"
+    return f"""# The accuracy ladder
+
+Real MNIST test accuracy of the course notes' classic configurations, each trained by the
+pipeline as a DVC experiment (50,000 training images; the kept epoch is selected on the 10,000
+validation images). Training = `train/seconds` (fit only); exp run wall = the whole
+`dvc exp run` (TensorFlow start-up of three stages, training, evaluation, report).
+
+Machine: {machine}; TensorFlow {tf.__version__}. Date: {date.today().isoformat()}.
+Command: `MNIST_MIRROR=../shared/data/mnist make ladder` (`bench/ladder.yaml` holds the rungs).
+
+{table(rungs, results)}
+
+```bash
+{commands(rungs)}
+```
+"""
+
+
+@stage_main
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI entry point (`make ladder`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--rungs", type=Path, default=Path("bench/ladder.yaml"))
+    parser.add_argument("--only", nargs="*", help="run only the rungs whose name contains these")
+    parser.add_argument("--out", type=Path, default=Path("reports/ladder.md"))
+    parser.add_argument("--results", type=Path, default=Path("reports/ladder.json"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    rungs = load_rungs(args.rungs, params)
+
+    from digits import tracking
+
+    tracking.setup(params.mlflow, tracking.project_root(args.params))
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    selected = [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
+    for number, rung in enumerate(selected, 1):
+        log.info("rung %d of %d", number, len(selected))
+        wall = run_rung(rung)
+        results[rung.name] = {**rung_result(rung, params.mlflow.experiment), "wall": wall}
+        write_text(args.results, json.dumps(results, indent=2))  # survives a later failure
+        log.info(
+            "%s: %.2f%% (reference %.2f%%)",
+            rung.name,
+            results[rung.name]["accuracy"],
+            rung.reference,
+        )
+    write_text(args.out, report(rungs, results))
+    print(table(rungs, results))
+
+
+if __name__ == "__main__":
+    main()
