@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PORT ?= 5000
 
-.PHONY: help setup repro test test-all lint format ui sweep promote dashboard ladder bench clean
+.PHONY: help setup repro test test-all lint format ui sweep promote dashboard ladder bench predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -61,6 +61,15 @@ dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:80
 ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~40 min)
 	dvc repro preprocess
 	python -m digits.ladder $(if $(ONLY),--only $(ONLY))
+
+bench: setup ## Train stage vs bare Keras, and TPE+pruning vs random sweeps -> reports/bench/ (~45 min)
+	dvc repro
+	python -m digits.bench overhead
+	python -m digits.bench sweep $(if $(WORKERS),--workers $(WORKERS))
+
+predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion]
+	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3]'; exit 2; }
+	python -m digits.predict $(FILES) $(if $(MODEL),--model '$(MODEL)') $(if $(TOP),--top $(TOP))
 
 clean: ## Remove generated data, models, runs (keeps the DVC cache)
 	rm -rf data/raw data/processed models mlflow.db mlartifacts

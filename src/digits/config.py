@@ -92,6 +92,14 @@ class CNNConfig(Strict):
     batch_norm: bool = False
 
 
+class NumpyMLPConfig(Strict):
+    """The course notes' from-scratch network in NumPy: sigmoid layers, mini-batch SGD with
+    `train.learning_rate` (eta) and `train.batch_size`; e.g. sizes [784, 30, 10]."""
+
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[30], min_length=1, max_length=4)
+    cost: Literal["quadratic", "cross_entropy"] = "quadratic"
+
+
 class AugmentConfig(Strict):
     """Random distortions of each training batch (Keras preprocessing layers at the model's
     input: active in `fit` only, identity at evaluation and prediction). All 0: off."""
@@ -109,10 +117,11 @@ class AugmentConfig(Strict):
 class ModelConfig(Strict):
     """Which family to build, the settings of each family, and training-time augmentation."""
 
-    type: Literal["softmax", "mlp", "cnn"] = "mlp"
+    type: Literal["softmax", "mlp", "cnn", "numpy_mlp"] = "mlp"
     softmax: SoftmaxConfig = SoftmaxConfig()
     mlp: MLPConfig = MLPConfig()
     cnn: CNNConfig = CNNConfig()
+    numpy_mlp: NumpyMLPConfig = NumpyMLPConfig()
     augment: AugmentConfig = AugmentConfig()
 
 
@@ -136,6 +145,8 @@ class MLflowConfig(Strict):
     experiment: str = Field(default="mnist", min_length=1)
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_location: str = "mlartifacts"
+    registered_model: str = Field(default="mnist-digits", min_length=1)  # evaluate registers
+    champion_alias: str = Field(default="champion", pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]*$")
 
 
 class Dimension(Strict):
@@ -189,6 +200,24 @@ class Params(Strict):
     train: TrainConfig = TrainConfig()
     mlflow: MLflowConfig = MLflowConfig()
     sweep: SweepConfig | None = None
+
+    @model_validator(mode="after")
+    def _numpy_mlp_trains_with_sgd(self) -> Params:
+        if self.model.type != "numpy_mlp":
+            return self
+        problems = []
+        if self.train.optimizer != "sgd":
+            problems.append(
+                "train.optimizer: numpy_mlp trains with plain mini-batch SGD; set it to sgd "
+                f"(got {self.train.optimizer!r})"
+            )
+        if self.train.lr_schedule != "constant":
+            problems.append("train.lr_schedule: numpy_mlp keeps eta constant; set it to constant")
+        if self.model.augment.enabled:
+            problems.append("model.augment: numpy_mlp has no augmentation; set it to 0")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _sweep_fits_schema(self) -> Params:

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from digits.config import load_params
 from digits.data import load_split
 from digits.files import write_json, write_text
 from digits.idx import NUM_CLASSES
+
+if TYPE_CHECKING:
+    from digits.tracking import Registration
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     figures = write_figures(args.figures, test.x, labels, probabilities, evaluation, kernel)
 
     tracking.setup(params.mlflow, tracking.project_root(args.params))
-    run_id = json.loads(args.run_info.read_text())["run_id"]
+    run_info = json.loads(args.run_info.read_text())
+    run_id = run_info["run_id"]
     with tracking.tracked_run(run_id=run_id):
         mlflow.log_metrics(evaluation.metrics)
         for path in figures:
@@ -160,12 +165,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         matrix.insert(0, "actual", range(NUM_CLASSES))
         mlflow.log_table(matrix, artifact_file="confusion_matrix.json")
         mlflow.log_table(evaluation.per_class, artifact_file="per_class.json")
+        registered = tracking.register(
+            run_info["model_uri"], evaluation.metrics["test/accuracy"], params.mlflow
+        )
+        mlflow.set_tags(
+            {"registry.version": registered.version, "registry.champion": registered.champion}
+        )
     log.info(
         "test accuracy %.4f (%d errors), logged to run %s",
         evaluation.metrics["test/accuracy"],
         evaluation.metrics["test/errors"],
         run_id,
     )
+    log.info("%s", registration_line(registered, evaluation.metrics["test/accuracy"]))
+
+
+def registration_line(reg: Registration, accuracy: float) -> str:
+    """What happened in the registry, in one sentence."""
+    head = f"registered {reg.name} version {reg.version}"
+    uri = f"models:/{reg.name}@{reg.alias}"
+    if reg.previous is None:
+        return f"{head}: the first {reg.alias} ({uri})"
+    before = f"version {reg.previous}"
+    if reg.previous_accuracy is not None:
+        before += f" at {reg.previous_accuracy:.4f}"
+    if reg.champion:
+        return f"{head}: the new {reg.alias} ({uri}), beating {before}"
+    return f"{head}: {accuracy:.4f} does not beat the {reg.alias}, {before}; alias unchanged"
 
 
 if __name__ == "__main__":

@@ -86,6 +86,8 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int] = (28, 28)) -> ke
     import keras
     from keras import layers
 
+    if cfg.type == "numpy_mlp":
+        raise ValueError("numpy_mlp is trained and exported by digits.numpy_mlp")
     inputs = keras.Input(shape=(image_shape[0] * image_shape[1],), name="pixels")
     x = _augment(inputs, cfg.augment, image_shape) if cfg.augment.enabled else inputs
     if cfg.type == "mlp":

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -250,3 +251,57 @@ def log_keras_model(model: keras.Model, x_sample: Any, name: str = "model") -> s
         input_example=x_sample[:2],
     )
     return info.model_uri
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A model version registered by `evaluate`, and whether it took the champion alias."""
+
+    name: str
+    version: str
+    alias: str
+    champion: bool
+    previous: str | None  # the champion version before, if any
+    previous_accuracy: float | None
+
+
+def beats(accuracy: float, champion_accuracy: float | None) -> bool:
+    """Whether a new model takes the alias: strictly better test accuracy, or no champion yet."""
+    return champion_accuracy is None or accuracy > champion_accuracy
+
+
+def register(model_uri: str, accuracy: float, cfg: MLflowConfig) -> Registration:
+    """Register a logged model (`models:/m-...` or `runs:/<id>/model`) as a new version of
+    `cfg.registered_model` and move the `cfg.champion_alias` alias to it only when it beats
+    the current champion's test accuracy."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    previous = previous_accuracy = None
+    try:
+        current = client.get_model_version_by_alias(cfg.registered_model, cfg.champion_alias)
+    except MlflowException:  # no registered model yet, or no version holds the alias
+        current = None
+    if current is not None:
+        previous = str(current.version)
+        if "test_accuracy" in current.tags:
+            previous_accuracy = float(current.tags["test_accuracy"])
+        elif current.run_id:
+            previous_accuracy = client.get_run(current.run_id).data.metrics.get("test/accuracy")
+    version = mlflow.register_model(
+        model_uri, cfg.registered_model, tags={"test_accuracy": str(accuracy)}
+    )
+    champion = beats(accuracy, previous_accuracy)
+    if champion:
+        client.set_registered_model_alias(
+            cfg.registered_model, cfg.champion_alias, str(version.version)
+        )
+    return Registration(
+        cfg.registered_model,
+        str(version.version),
+        cfg.champion_alias,
+        champion,
+        previous,
+        previous_accuracy,
+    )

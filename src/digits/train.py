@@ -34,6 +34,7 @@ class TrainResult:
     history: pd.DataFrame
     metrics: dict[str, Any]
     run_id: str
+    model_uri: str  # the model logged in the run (`models:/m-...`), for the registry
 
 
 def train(params: Params, train: Split, val: Split, data_path: Path, root: Path) -> TrainResult:
@@ -52,8 +53,8 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
         mlflow.log_figure(figure, "plots/learning_curves.png")
         plots.close(figure)
         mlflow.log_table(history, artifact_file="history.json")
-        tracking.log_keras_model(model, val.x[:5])
-    return TrainResult(model, history, metrics, run.info.run_id)
+        model_uri = tracking.log_keras_model(model, val.x[:5])
+    return TrainResult(model, history, metrics, run.info.run_id, model_uri)
 
 
 @stage_main
@@ -82,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_text(args.history, result.history.to_csv(index=False, float_format="%.6g"))
     write_json(args.metrics, result.metrics)
     plots.save(plots.learning_curves(result.history), args.curves)
-    write_json(args.run_info, {"run_id": result.run_id, "experiment_id": experiment_id})
+    write_json(
+        args.run_info,
+        {"run_id": result.run_id, "experiment_id": experiment_id, "model_uri": result.model_uri},
+    )
     log.info(
         "run %s: val accuracy %.4f (epoch %d of %d) in %.0f s",
         result.run_id,

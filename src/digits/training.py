@@ -48,6 +48,13 @@ def fit(
 
     from digits.models import build_model, compile_model
 
+    if model_cfg.type == "numpy_mlp":
+        from digits import numpy_mlp
+
+        model, logs = numpy_mlp.fit(
+            model_cfg.numpy_mlp, train_cfg, train, val, callbacks, verbose=verbose or 0
+        )
+        return model, history_frame({k: [epoch[k] for epoch in logs] for k in logs[0]})
     keras.utils.set_random_seed(train_cfg.seed)
     steps = math.ceil(len(train) / train_cfg.batch_size)
     model = compile_model(build_model(model_cfg, image_shape(train.x.shape[1])), train_cfg, steps)

@@ -1,0 +1,437 @@
+"""`digits.predict`: MNIST's own normalisation of arbitrary images, `.npy` batches, per-file
+errors, and predictions from a local Keras file and from MLflow model URIs.
+
+The test digits are the font's glyphs 0-9 drawn with Pillow: a model trained on their MNIST
+forms (from small, varied renderings) must read big, off-centre, inverted, JPEG and transparent
+renderings of them, which only works if the preprocessing does its job."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from digits.config import IDX_KINDS
+from digits.predict import (
+    InputError,
+    load_image,
+    main,
+    npy_rows,
+    to_mnist,
+    top_k,
+)
+
+LINE = re.compile(r"^(?P<name>.+): (?P<label>\d)  \((?P<scores>.+)\)$")
+
+
+def glyph(
+    digit: int | str,
+    size: int = 80,
+    stroke: int = 0,
+    angle: float = 0.0,
+    canvas: tuple[int, int] = (160, 160),
+    centre: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """`digit` in Pillow's default font, white on black, as uint8 (height, width)."""
+    img = Image.new("L", canvas, 0)
+    font = ImageFont.load_default(size=size)
+    xy = centre or (canvas[0] // 2, canvas[1] // 2)
+    ImageDraw.Draw(img).text(
+        xy, str(digit), fill=255, font=font, anchor="mm", stroke_width=stroke, stroke_fill=255
+    )
+    if angle:
+        img = img.rotate(angle, resample=Image.Resampling.BICUBIC)
+    return np.asarray(img)
+
+
+def ink_box(digit: np.ndarray) -> tuple[int, int]:
+    """Height and width of the bounding box of the non-zero pixels."""
+    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def parse(stdout: str) -> list[tuple[str, int, list[tuple[int, float]]]]:
+    """Prediction lines -> (name, label, [(digit, probability), ...])."""
+    parsed = []
+    for line in stdout.splitlines():
+        match = LINE.match(line)
+        assert match, f"not a prediction line: {line!r}"
+        scores = [s.split(": ") for s in match["scores"].split(", ")]
+        parsed.append((match["name"], int(match["label"]), [(int(d), float(p)) for d, p in scores]))
+    return parsed
+
+
+def run(argv: list[str]) -> int:
+    """`main(argv)`'s exit code."""
+    try:
+        main(argv)
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    return 0
+
+
+# --- preprocessing ---------------------------------------------------------------------------
+
+
+def test_either_polarity_anywhere_gives_one_centred_mnist_digit() -> None:
+    # a big 7 far from the centre of a 300x200 image, as white-on-black and black-on-white
+    # (elsewhere on the canvas): the same MNIST digit
+    light = glyph(7, size=150, stroke=4, canvas=(300, 200), centre=(80, 90))
+    dark = 255 - glyph(7, size=150, stroke=4, canvas=(300, 200), centre=(200, 110))
+    a, b = to_mnist(light), to_mnist(dark)
+    assert a.shape == (28, 28) and a.dtype == np.float32
+    assert a.min() == 0.0 and a.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(a, b, atol=0.02)
+    assert max(ink_box(a)) == 20 and min(ink_box(a)) < 20  # fitted into 20x20
+    cy, cx = ndimage.center_of_mass(a)
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5  # where MNIST puts it (13.5-14.5)
+    # the raw image's ink is nowhere near the centre: the centring did the work
+    _, raw_cx = ndimage.center_of_mass(light)
+    assert abs(raw_cx - 150) > 50
+
+
+def test_aspect_ratio_is_kept() -> None:
+    tall = np.zeros((300, 300), dtype=np.uint8)
+    tall[40:200, 30:70] = 255  # 160 x 40, off-centre
+    wide = np.full((300, 300), 255, dtype=np.uint8)  # dark ink on white
+    wide[220:260, 100:260] = 0
+    assert ink_box(to_mnist(tall)) == (20, 5)
+    assert ink_box(to_mnist(wide)) == (5, 20)
+    for bar in (to_mnist(tall), to_mnist(wide)):
+        cy, cx = ndimage.center_of_mass(bar)
+        assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+
+
+def test_mnist_digits_pass_through_unchanged() -> None:
+    # an image already in MNIST form is a fixed point, as uint8 0-255 or float 0-1
+    digit = to_mnist(glyph(3, size=90, stroke=2, angle=8))
+    np.testing.assert_allclose(to_mnist(digit), digit, atol=1e-5)
+    np.testing.assert_allclose(to_mnist(np.round(digit * 255).astype(np.uint8)), digit, atol=0.01)
+
+
+def test_noise_and_paper_shade_are_not_ink() -> None:
+    # a dim photo: grey paper, strong sensor noise, a faint digit: the same as the clean digit
+    rng = np.random.default_rng(0)
+    clean = glyph(4, size=120, stroke=3, canvas=(240, 200))
+    paper = 170 - clean * (90 / 255) + rng.normal(0, 10, clean.shape)
+    noisy = to_mnist(np.clip(paper, 0, 255).astype(np.uint8))
+    assert np.abs(noisy - to_mnist(clean)).mean() < 0.03
+    assert ink_box(noisy) == ink_box(to_mnist(clean))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((50, 40), 255, np.uint8),  # white
+        np.zeros((28, 28), np.uint8),  # black
+        np.full((30, 30), 0.5, np.float32),  # grey
+        np.clip(np.random.default_rng(1).normal(128, 8, (200, 200)), 0, 255).astype(np.uint8),
+    ],
+    ids=["white", "black", "grey", "noise"],
+)
+def test_blank_images_have_no_ink(image: np.ndarray) -> None:
+    with pytest.raises(InputError, match="no ink"):
+        to_mnist(image)
+
+
+def test_load_image_transparency_orientation_and_16_bit(tmp_path: Path) -> None:
+    upright = 255 - glyph(7, size=60, canvas=(120, 80))  # black on white, portrait
+    # black ink whose shape is all in the alpha channel: composited on white, not on black
+    sticker = np.zeros((80, 120, 4), np.uint8)
+    sticker[..., 3] = 255 - upright
+    Image.fromarray(sticker).save(tmp_path / "sticker.png")
+    np.testing.assert_allclose(load_image(tmp_path / "sticker.png"), upright / 255, atol=1 / 255)
+    # a phone photo stored sideways, with the EXIF tag that says "rotate 90 degrees clockwise"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    sideways.save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    loaded = load_image(tmp_path / "phone.jpg")
+    assert loaded.shape == upright.shape
+    assert np.abs(loaded - upright / 255).mean() < 0.02
+    # 16-bit grayscale keeps its scale (convert("L") would clip everything to white)
+    deep = np.array([[0, 32768, 65535]] * 3, np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    np.testing.assert_allclose(load_image(tmp_path / "deep.png")[0], [0, 0.5, 1], atol=0.001)
+
+
+def test_npy_rows_accepts_mnist_shapes_and_scales() -> None:
+    batch = np.arange(2 * 784).reshape(2, 28, 28) % 256
+    for array in (batch.astype(np.uint8), batch.reshape(2, 784).astype(np.uint8)):
+        rows = npy_rows(array)
+        assert rows.shape == (2, 784) and rows.dtype == np.float32
+        np.testing.assert_allclose(rows * 255, batch.reshape(2, 784), atol=1e-3)
+    single = npy_rows(batch[0].astype(np.float32) / 255)
+    assert single.shape == (1, 784)
+    assert npy_rows(np.ones(784, np.float64)).shape == (1, 784)
+
+
+@pytest.mark.parametrize(
+    ("array", "defect"),
+    [
+        (np.zeros((3, 5), np.uint8), r"wrong shape \(3, 5\)"),
+        (np.zeros((2, 28, 27), np.uint8), r"wrong shape \(2, 28, 27\)"),
+        (np.zeros((0, 784), np.uint8), "empty batch"),
+        (np.full((1, 784), 255.0), r"float pixels must be in \[0, 1\], found 255 to 255"),
+        (np.full((1, 784), 300), "integer pixels must be 0-255, found 300 to 300"),
+        (np.full((1, 784), np.nan), "NaN"),
+        (np.full((1, 784), "a"), "unsupported dtype"),
+    ],
+)
+def test_npy_rows_names_the_defect(array: np.ndarray, defect: str) -> None:
+    with pytest.raises(InputError, match=defect):
+        npy_rows(array)
+
+
+def test_top_k_sorted_with_ties_to_the_lower_label() -> None:
+    p = np.array([[0.1, 0.2, 0.05, 0.6, 0.05, 0, 0, 0, 0, 0], [0.25, 0, 0.25, 0.5] + [0] * 6])
+    assert top_k(p, 3) == [
+        [(3, pytest.approx(0.6)), (1, pytest.approx(0.2)), (0, pytest.approx(0.1))],
+        [(3, 0.5), (0, 0.25), (2, 0.25)],
+    ]
+    assert [len(r) for r in top_k(p, 1)] == [1, 1]
+
+
+# --- predictions -----------------------------------------------------------------------------
+
+
+def training_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` glyphs in MNIST form (rows of 784) in varied sizes, weights and slants, and labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = [
+        to_mnist(
+            glyph(d, int(rng.integers(40, 100)), int(rng.integers(0, 4)), rng.uniform(-12, 12))
+        )
+        for d in labels
+    ]
+    return np.stack(images).reshape(n, 784), labels
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A softmax regression (the project's builder) trained on glyphs, saved as .keras."""
+    import keras
+
+    from digits.config import ModelConfig
+    from digits.models import build_model
+
+    x, labels = training_digits(600, seed=0)
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(type="softmax"))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    history = model.fit(x, labels, epochs=15, batch_size=32, verbose=0)
+    assert history.history["accuracy"][-1] > 0.97
+    x_new, labels_new = training_digits(100, seed=1)  # renderings it has not seen
+    assert (model.predict(x_new, verbose=0).argmax(axis=1) == labels_new).mean() > 0.95
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+def write_inputs(folder: Path) -> dict[str, int]:
+    """Image files and .npy batches of known digits in many forms: {name printed: label}."""
+    rng = np.random.default_rng(2)
+    truth = {}
+    for d in range(10):
+        # black on white, big, off-centre
+        paper = 255 - glyph(d, size=200, stroke=5, canvas=(400, 300), centre=(120, 200))
+        Image.fromarray(paper).save(folder / f"paper{d}.png")
+        # a photo: grey paper, noise, JPEG
+        shade = 210 - glyph(d, 120, 3, 5.0, (260, 220)) * (160 / 255) + rng.normal(0, 3, (220, 260))
+        Image.fromarray(np.clip(shade, 0, 255).astype(np.uint8)).save(folder / f"photo{d}.jpg")
+        # small, white on black, RGB
+        Image.fromarray(glyph(d, 40, 1, -6.0, (48, 64))).convert("RGB").save(folder / f"rgb{d}.png")
+        # ink in the alpha channel only
+        sticker = np.zeros((180, 180, 4), np.uint8)
+        sticker[..., 3] = glyph(d, 110, 2, canvas=(180, 180), centre=(70, 100))
+        Image.fromarray(sticker).save(folder / f"sticker{d}.png")
+        truth |= {f"paper{d}.png": d, f"photo{d}.jpg": d, f"rgb{d}.png": d, f"sticker{d}.png": d}
+    x, labels = training_digits(10, seed=3)
+    np.save(folder / "batch.npy", np.round(x.reshape(10, 28, 28) * 255).astype(np.uint8))
+    np.save(folder / "one.npy", x[4])  # (784,) float: a single digit, printed without index
+    truth |= {f"batch.npy[{i}]": int(label) for i, label in enumerate(labels)}
+    truth["one.npy"] = int(labels[4])
+    return truth
+
+
+def check_lines(stdout: str, truth: dict[str, int], folder: Path, k: int = 3) -> None:
+    """One line per input, in order, with the true label and `k` sorted probabilities."""
+    lines = parse(stdout)
+    assert [name for name, _, _ in lines] == [str(folder / n) for n in truth]
+    wrong = [(name, label) for name, label, _ in lines if label != truth[Path(name).name]]
+    assert not wrong
+    for _, label, scores in lines:
+        assert len(scores) == k and scores[0][0] == label
+        assert len({d for d, _ in scores}) == k
+        probabilities = [p for _, p in scores]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert probabilities[-1] >= 0 and sum(probabilities) <= 1.002
+
+
+def test_predicts_images_and_batches(tmp_path: Path, model_file: Path, capsys) -> None:
+    truth = write_inputs(tmp_path)
+    files = [str(tmp_path / name.split("[")[0]) for name in truth]
+    files = list(dict.fromkeys(files))  # batch.npy once
+    assert run([*files, "--model", str(model_file)]) == 0
+    out, err = capsys.readouterr()
+    check_lines(out, truth, tmp_path)
+    assert "error" not in err
+    # the images are hard without the preprocessing: squeezing each into 28x28 fails
+    import keras
+
+    naive = [
+        np.asarray(Image.open(tmp_path / f"paper{d}.png").convert("L").resize((28, 28))) / 255
+        for d in range(10)
+    ]
+    model = keras.saving.load_model(model_file)
+    guesses = model.predict(np.stack(naive).reshape(10, 784), verbose=0).argmax(axis=1)
+    assert (guesses == np.arange(10)).sum() <= 3
+
+
+def test_bad_files_are_named_and_the_rest_predicted(
+    tmp_path: Path, model_file: Path, capsys
+) -> None:
+    (tmp_path / "notes.png").write_text("shopping: eggs, milk\n")
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("L", (64, 48), 255).save(tmp_path / "blank.png")
+    np.save(tmp_path / "odd.npy", np.zeros((3, 5), np.uint8))
+    (tmp_path / "fake.npy").write_text("not numpy")
+    png = io.BytesIO()
+    Image.fromarray(glyph(5)).save(png, "PNG")
+    (tmp_path / "cut.png").write_bytes(png.getvalue()[:200])  # truncated download
+    Image.fromarray(255 - glyph(2, 150, 4, canvas=(300, 200))).save(tmp_path / "two.png")
+    np.save(tmp_path / "good.npy", np.stack([to_mnist(glyph(8)), to_mnist(glyph(1))]))
+    bad = {
+        "notes.png": "not an image",
+        "empty.png": "empty file",
+        "blank.png": "no ink",
+        "missing.png": "no such file",
+        "odd.npy": r"wrong shape \(3, 5\)",
+        "fake.npy": r"not a readable \.npy",
+        "cut.png": "unreadable image",
+    }
+    names = ["notes.png", "two.png", "empty.png", "blank.png", "missing.png", "odd.npy"]
+    names += ["good.npy", "fake.npy", "cut.png"]
+    assert run([str(tmp_path / n) for n in names] + ["--model", str(model_file)]) == 1
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(bad)
+    for name, defect in bad.items():
+        assert any(
+            re.match(rf"error: {re.escape(str(tmp_path / name))}: {defect}", e) for e in errors
+        )
+    check_lines(out, {"two.png": 2, "good.npy[0]": 8, "good.npy[1]": 1}, tmp_path)
+
+
+def test_missing_model_says_how_to_get_one(tmp_path: Path, capsys) -> None:
+    Image.fromarray(glyph(1)).save(tmp_path / "one.png")
+    code = run([str(tmp_path / "one.png"), "--model", str(tmp_path / "none.keras")])
+    assert code == 1
+    _, err = capsys.readouterr()
+    assert f"error: {tmp_path / 'none.keras'}: no such model file" in err
+    assert "make repro" in err and "--model" in err
+
+
+@pytest.mark.parametrize("argv", [[], ["x.png", "--top", "0"], ["x.png", "--top", "11"]])
+def test_usage_errors_exit_2(argv: list[str], capsys) -> None:
+    assert run(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_is_quick_and_imports_no_tensorflow() -> None:
+    code = (
+        "import sys\n"
+        "from digits import predict\n"
+        "try:\n"
+        "    predict.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted({'tensorflow', 'keras', 'mlflow'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--model" in done.stdout and "--top" in done.stdout
+    assert done.stdout.strip().endswith("[]")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An empty SQLite tracking store in tmp_path, named by $MLFLOW_TRACKING_URI."""
+    import mlflow
+
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+def test_mlflow_model_uris(
+    mlflow_store: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import keras
+    import mlflow
+
+    from digits import tracking
+    from digits.config import MLflowConfig
+
+    tracking.setup(MLflowConfig(), mlflow_store)
+    x, _ = training_digits(5, seed=4)
+    with tracking.tracked_run() as run_:
+        tracking.log_keras_model(keras.saving.load_model(model_file), x)
+    run_id = run_.info.run_id
+    version = mlflow.register_model(f"runs:/{run_id}/model", "digits-test").version
+    mlflow.MlflowClient().set_registered_model_alias("digits-test", "champion", version)
+    capsys.readouterr()  # MLflow's own output while logging
+
+    folder = mlflow_store / "inputs"
+    folder.mkdir()
+    truth = write_inputs(folder)
+    files = list(dict.fromkeys(str(folder / n.split("[")[0]) for n in truth))
+    assert run([*files, "--model", str(model_file)]) == 0
+    local = capsys.readouterr().out
+    check_lines(local, truth, folder)
+
+    # runs:/ through $MLFLOW_TRACKING_URI, with no params.yaml
+    assert run([*files, "--model", f"runs:/{run_id}/model", "--params", "absent.yaml"]) == 0
+    assert parse(capsys.readouterr().out) == parse(local)
+
+    # models:/name@alias through params.yaml's store, as `make repro` sets it up
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(None)
+    params = {
+        "download": {
+            "mirrors": ["https://example.invalid/"],
+            "files": {f"{s}-{k}": "0" * 64 for s in ("train", "t10k") for k in IDX_KINDS},
+        }
+    }
+    (mlflow_store / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = [*files, "--model", "models:/digits-test@champion"]
+    assert run([*argv, "--params", str(mlflow_store / "params.yaml")]) == 0
+    assert parse(capsys.readouterr().out) == parse(local)
+    # an unknown model: a clear error, exit 1
+    assert (
+        run(
+            [
+                *files[:1],
+                "--model",
+                "models:/nope@champion",
+                "--params",
+                str(mlflow_store / "params.yaml"),
+            ]
+        )
+        == 1
+    )
+    assert "error: models:/nope@champion: cannot load the model" in capsys.readouterr().err
