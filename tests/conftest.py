@@ -64,6 +64,16 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     return folder, write_mirror(folder)
 
 
+@pytest.fixture(autouse=True)
+def mlflow_isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test inherits another's MLflow store: `mlflow.set_tracking_uri` keeps the URI in a
+    process global and exports it as $MLFLOW_TRACKING_URI, which `tracking.setup` obeys."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+
+
 def real_params() -> dict[str, Any]:
     """The project's params.yaml as a dict."""
     return yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -37,7 +37,9 @@ def test_every_problem_is_listed_with_its_key() -> None:
     assert "9 invalid setting(s)" in message
     assert "train.optimizer: Input should be 'sgd', 'momentum'" in message
     assert "train.batch_size: Input should be greater than 0 (got 0)" in message
-    assert "model.type: Input should be 'softmax', 'mlp' or 'cnn' (got 'rnn')" in message
+    assert (
+        "model.type: Input should be 'softmax', 'mlp', 'cnn' or 'numpy_mlp' (got 'rnn')" in message
+    )
     assert "model.mlp.depth: Input should be greater than or equal to 0 (got -1)" in message
     assert "train.learning_rate: Input should be greater than 0 (got 0)" in message
     assert "train.epochs" in message

@@ -256,6 +256,7 @@ def test_promote_round_trips_into_params_and_retrains_the_same(
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'check.db'}")
+    mlflow.set_experiment("check")  # not the experiment id another test left active
     splits = load_splits(processed, ("train", "val"))
     with mlflow.start_run():
         _, _, summary = fit_logged(params, splits["train"], splits["val"], verbose=0)

@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Example: python -m digits.predict seven.png scan.jpg batch.npy "
-        "--model models:/mnist@champion",
+        "--model models:/mnist-digits@champion",
     )
     parser.add_argument(
         "files", nargs="+", metavar="FILE", help="PNG/JPEG (any Pillow format) or .npy batch"

@@ -237,7 +237,10 @@ class _KerasFlavor:
 
 def log_keras_model(model: keras.Model, x_sample: Any, name: str = "model") -> str:
     """Log the model (Keras flavour, loadable as pyfunc) with signature and input example;
-    returns its model URI."""
+    returns its model URI. The requirements are the running Keras and TensorFlow, given rather
+    than inferred (MLflow's inference reloads the model in a subprocess: ~10 s per run)."""
+    import keras
+    import tensorflow as tf
     from mlflow.models import Model, infer_signature
 
     signature = infer_signature(x_sample, model.predict(x_sample, verbose=0))
@@ -249,6 +252,7 @@ def log_keras_model(model: keras.Model, x_sample: Any, name: str = "model") -> s
         model=model,
         signature=signature,
         input_example=x_sample[:2],
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
     )
     return info.model_uri
 
