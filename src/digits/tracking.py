@@ -9,6 +9,7 @@ Metric vocabulary, the same in MLflow, `reports/metrics.json` and the DVC plots:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -244,16 +245,18 @@ def log_keras_model(model: keras.Model, x_sample: Any, name: str = "model") -> s
     from mlflow.models import Model, infer_signature
 
     signature = infer_signature(x_sample, model.predict(x_sample, verbose=0))
-    info = Model.log(
-        artifact_path=None,
-        name=name,
-        flavor=_KerasFlavor,
-        flavor_name="keras",
-        model=model,
-        signature=signature,
-        input_example=x_sample[:2],
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
-    )
+    # MLflow checks the input example with a bare `predict`: its progress bar is not ours
+    with contextlib.redirect_stdout(io.StringIO()):
+        info = Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=_KerasFlavor,
+            flavor_name="keras",
+            model=model,
+            signature=signature,
+            input_example=x_sample[:2],
+            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+        )
     return info.model_uri
 
 
