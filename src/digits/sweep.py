@@ -82,7 +82,7 @@ def redact(url: str) -> str:
 
 
 def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """Seeded TPE (constant liar on, for parallel workers) or random sampling."""
+    """Seeded TPE or random sampling (each worker gets its own seed)."""
     import optuna
 
     if cfg.sampler == "random":
