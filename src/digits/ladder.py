@@ -118,7 +118,8 @@ def table(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
         if r is None:
             lines.append(f"| {rung.name} | {rung.reference:.2f}% | not run | | | | |")
             continue
-        holds = r["accuracy"] >= rung.reference and (
+        # compared as shown: 77 errors in 10,000 is 99.23%, not 99.229999...
+        holds = round(r["accuracy"], 2) >= rung.reference and (
             rung.max_seconds is None or r["seconds"] <= rung.max_seconds
         )
         limit = f" (limit {rung.max_seconds:.0f} s)" if rung.max_seconds else ""

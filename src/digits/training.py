@@ -52,7 +52,12 @@ def fit(
         from digits import numpy_mlp
 
         model, logs = numpy_mlp.fit(
-            model_cfg.numpy_mlp, train_cfg, train, val, callbacks, verbose=verbose or 0
+            model_cfg.numpy_mlp,
+            train_cfg,
+            train,
+            val,
+            callbacks,
+            verbose=1 if verbose is None else verbose,
         )
         return model, history_frame({k: [epoch[k] for epoch in logs] for k in logs[0]})
     keras.utils.set_random_seed(train_cfg.seed)
