@@ -1,0 +1,73 @@
+"""The benchmark tools' own logic: ladder rungs are validated and rendered honestly, and the
+sweep comparison counts trials and epochs to the target the way it says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from digits import bench, ladder
+from digits.config import ParamsError, parse_params
+
+from conftest import ROOT, real_params
+
+
+def test_every_committed_rung_is_valid_and_becomes_a_dvc_command() -> None:
+    rungs = ladder.load_rungs(ROOT / "bench" / "ladder.yaml", parse_params(real_params()))
+    assert len({r.exp_name for r in rungs}) == len(rungs)
+    fast = next(r for r in rungs if r.max_seconds)
+    command = ladder.exp_command(fast)
+    assert command[:3] == ["dvc", "exp", "run"] and "--temp" in command
+    assert "model.cnn.filters=[16, 32]" in command
+
+
+def test_a_rung_outside_the_schema_fails_before_anything_runs(tmp_path: Path) -> None:
+    rungs = {"rungs": [{"name": "bad", "reference": 90, "set": {"model.mlp.widht": 3}}]}
+    (tmp_path / "ladder.yaml").write_text(yaml.safe_dump(rungs))
+    with pytest.raises(ParamsError, match=r"model\.mlp\.widht: no such setting"):
+        ladder.load_rungs(tmp_path / "ladder.yaml", parse_params(real_params()))
+
+
+def test_the_table_says_no_below_the_reference_or_over_the_time_limit() -> None:
+    rungs = [
+        ladder.Rung(name="exact", reference=99.23, set={"train.epochs": 1}),
+        ladder.Rung(name="short", reference=99.6, set={"train.epochs": 1}),
+        ladder.Rung(name="slow", reference=99.0, max_seconds=30, set={"train.epochs": 1}),
+        ladder.Rung(name="missing", reference=90, set={"train.epochs": 1}),
+    ]
+    figures = {"epochs": 5, "selected": 5, "wall": 60.0}
+    results = {
+        "exact": {**figures, "accuracy": 0.9923 * 100, "seconds": 10.0},  # 99.22999...
+        "short": {**figures, "accuracy": 99.5, "seconds": 10.0},
+        "slow": {**figures, "accuracy": 99.1, "seconds": 31.0},
+    }
+    rows = {line.split(" | ")[0][2:]: line for line in ladder.table(rungs, results).splitlines()}
+    assert rows["exact"].endswith("| yes |")
+    assert rows["short"].endswith("| NO |")
+    assert rows["slow"].endswith("| NO |") and "(limit 30 s)" in rows["slow"]
+    assert "not run" in rows["missing"]
+
+
+def trial(number: int, curve: list[float]) -> SimpleNamespace:
+    return SimpleNamespace(number=number, intermediate_values=dict(enumerate(curve, 1)))
+
+
+def test_trials_and_epochs_are_counted_up_to_the_first_trial_at_the_target() -> None:
+    trials = [trial(2, [0.97, 0.985]), trial(0, [0.9, 0.95, 0.96]), trial(1, [0.8])]
+    assert bench.to_target(trials, 0.984) == {"trials": 3, "epochs": 6, "trial": 2}
+    assert bench.to_target(trials, 0.99)["trials"] is None
+
+
+def test_the_ratio_is_a_lower_bound_when_random_search_never_gets_there() -> None:
+    tpe = {"to_target": {"trials": 4, "epochs": 40, "trial": 3}, "trials": 20, "epochs": 200}
+    both = {"to_target": {"trials": 8, "epochs": 120, "trial": 7}, "trials": 20, "epochs": 300}
+    never = {
+        "to_target": {"trials": None, "epochs": None, "trial": None},
+        "trials": 20,
+        "epochs": 300,
+    }
+    assert "**3.00x** the epochs (2.00x the trials)" in bench.efficiency_ratio(tpe, both)
+    assert "**more than 7.50x**" in bench.efficiency_ratio(tpe, never)
