@@ -21,7 +21,7 @@ def test_every_committed_rung_is_valid_and_becomes_a_dvc_command() -> None:
     fast = next(r for r in rungs if r.max_seconds)
     command = ladder.exp_command(fast)
     assert command[:3] == ["dvc", "exp", "run"] and "--temp" in command
-    assert "model.cnn.filters=[16, 32]" in command
+    assert "model.cnn.filters=[16,32]" in command  # one shell word when pasted
 
 
 def test_a_rung_outside_the_schema_fails_before_anything_runs(tmp_path: Path) -> None:

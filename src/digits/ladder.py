@@ -69,7 +69,7 @@ def exp_command(rung: Rung) -> list[str]:
     command = ["dvc", "exp", "run", "--temp", "--name", rung.exp_name, "--force"]
     command += ["--downstream", "train"]
     for key, value in rung.set.items():
-        command += ["-S", f"{key}={json.dumps(value)}"]
+        command += ["-S", f"{key}={json.dumps(value, separators=(',', ':'))}"]
     return command
 
 
