@@ -66,21 +66,12 @@ def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any
     runs: dict[str, list[dict[str, float]]] = {"stage": [], "bare": []}
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
-        # the stage logs to a throw-away MLflow store (created here, before any timing)
+        # the stage logs to a throw-away MLflow store, created here before any timing
+        from digits import tracking
+
+        tracking.setup(load_params(params).mlflow, out)
         env = {**os.environ, "DVC_ROOT": str(out), "TF_CPP_MIN_LOG_LEVEL": "3"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from digits import tracking; from digits.config import "
-                f"load_params; tracking.setup(load_params({str(params)!r}).mlflow, "
-                f"__import__('pathlib').Path({str(out)!r}))",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        env.pop("MLFLOW_TRACKING_URI", None)  # the stage finds the same store via DVC_ROOT
         for i in range(repeats):
             order = ("stage", "bare") if i % 2 == 0 else ("bare", "stage")
             for kind in order:

@@ -138,7 +138,7 @@ def commands(rungs: Sequence[Rung]) -> str:
 
 def report(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
     """`reports/ladder.md`: machine, date, the table and the commands."""
-    import tensorflow as tf
+    from importlib.metadata import version
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}"
     return f"""# The accuracy ladder
@@ -148,7 +148,7 @@ pipeline as a DVC experiment (50,000 training images; the kept epoch is selected
 validation images). Training = `train/seconds` (fit only); exp run wall = the whole
 `dvc exp run` (TensorFlow start-up of three stages, training, evaluation, report).
 
-Machine: {machine}; TensorFlow {tf.__version__}. Date: {date.today().isoformat()}.
+Machine: {machine}; TensorFlow {version("tensorflow")}. Date: {date.today().isoformat()}.
 Command: `MNIST_MIRROR=../shared/data/mnist make ladder` (`bench/ladder.yaml` holds the rungs).
 
 {table(rungs, results)}
