@@ -85,7 +85,7 @@ def test_invalid_params_fail_fast_without_tensorflow(tmp_path: Path) -> None:
         "from digits.train import main\n"
         "try:\n"
         "    main(['--params', 'params.yaml', '--data', 'd', '--model', 'm.keras',"
-        " '--run-info', 'r', '--metrics', 'x', '--history', 'h', '--curves', 'c'])\n"
+        " '--run-info', 'r', '--metrics', 'x', '--history', 'h'])\n"
         "except SystemExit as e:\n"
         "    print('tensorflow' in sys.modules, e.code)\n"
     )

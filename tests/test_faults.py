@@ -66,7 +66,7 @@ def test_nan_loss_ends_the_run_failed_with_the_reason(
     save_split(data / "val.npz", splits["val"])
     cmd = [str(BIN / "python"), "-m", "digits.train", "--data", str(data)]
     cmd += ["--model", "m/model.keras", "--run-info", "m/run.json", "--metrics", "r/m.json"]
-    cmd += ["--history", "r/h.csv", "--curves", "r/c.png"]
+    cmd += ["--history", "r/h.csv"]
     out = subprocess.run(cmd, cwd=tmp_path, env=stage_env(), capture_output=True, text=True)
     assert out.returncode == 1
     assert "error: training loss became nan in epoch 1" in out.stderr

@@ -67,14 +67,16 @@ def test_repro_runs_every_stage_and_writes_outputs(project) -> None:
         "reports/confusion.csv",
         "reports/figures/confusion_matrix.png",
         "reports/figures/misclassified.png",
-        "reports/learning_curves.png",
+        "reports/figures/learning_curves.png",
         "reports/report.md",
         "dvc.lock",
     ]:
         assert (root / path).is_file(), path
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert 0.3 < metrics["test/accuracy"] <= 1.0  # synthetic classes are learnable; chance is 0.1
-    assert "Test accuracy" in (root / "reports/report.md").read_text()
+    report = (root / "reports/report.md").read_text()
+    assert "Test accuracy" in report
+    assert "![Learning curves](figures/learning_curves.png)" in report
 
 
 def test_mlflow_holds_one_finished_run_with_everything(project) -> None:

@@ -62,7 +62,6 @@ def train_args(data: Path) -> list[str]:
     return [
         "--data", str(data), "--model", "models/model.keras", "--run-info", "models/run.json",
         "--metrics", "reports/train_metrics.json", "--history", "reports/history.csv",
-        "--curves", "reports/learning_curves.png",
     ]  # fmt: skip
 
 
@@ -78,7 +77,8 @@ def test_stages_log_to_a_postgresql_backed_server(
     evaluated = stage(
         "digits.evaluate",
         ["--data", str(processed), "--model", "models/model.keras", "--run-info",
-         "models/run.json", "--metrics", "reports/metrics.json", "--confusion",
+         "models/run.json", "--history", "reports/history.csv", "--metrics",
+         "reports/metrics.json", "--confusion",
          "reports/confusion.csv", "--per-class", "reports/per_class.csv", "--figures", "figs"],
         tmp_path,
         tracking_server,

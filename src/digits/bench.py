@@ -55,8 +55,7 @@ def stage_command(params: Path, data: Path, out: Path) -> list[str]:
     """The train stage's command line (as in dvc.yaml), writing into `out`."""
     command = [sys.executable, "-m", "digits.train", "--params", str(params), "--data", str(data)]
     command += ["--model", str(out / "model.keras"), "--run-info", str(out / "run.json")]
-    command += ["--metrics", str(out / "train_metrics.json"), "--history", str(out / "h.csv")]
-    return [*command, "--curves", str(out / "curves.png")]
+    return [*command, "--metrics", str(out / "train_metrics.json"), "--history", str(out / "h.csv")]
 
 
 def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any]:
@@ -146,7 +145,7 @@ def overhead_markdown(result: dict[str, Any], params: Path) -> str:
 `{params}` as committed; {len(stage)} alternating runs each (ABBA order), on {machine()},
 {date.today().isoformat()}. Wall = the whole process (Python start, TensorFlow import, data,
 fit, saving); the stage also logs everything to MLflow (params, per-epoch metrics, dataset,
-learning curves, history table, the model with signature and input example).
+history table, the model with signature and input example).
 
 | run | train stage wall | bare Keras wall | stage fit | bare fit | val accuracy (stage / bare) |
 |---|---|---|---|---|---|

@@ -79,9 +79,11 @@ def write_figures(
     probabilities: np.ndarray,
     evaluation: Evaluation,
     softmax_kernel: np.ndarray | None,
+    history: pd.DataFrame,
 ) -> list[Path]:
-    """Confusion heatmap, galleries of the most confident mistakes and of correct digits, and
-    the softmax weight images when the model is a softmax regression."""
+    """Learning curves (from the training history), confusion heatmap, galleries of the most
+    confident mistakes and of correct digits, and the softmax weight images when the model is a
+    softmax regression."""
     from digits import plots
 
     predicted = probabilities.argmax(axis=1)
@@ -90,6 +92,7 @@ def write_figures(
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:GALLERY]
     right = np.flatnonzero(predicted == labels)[:16]
     figures = {
+        "learning_curves.png": plots.learning_curves(history),
         "confusion_matrix.png": plots.confusion_heatmap(evaluation.confusion),
         "misclassified.png": plots.digit_gallery(
             x[wrong],
@@ -124,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder with test.npz")
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--run-info", type=Path, required=True, help="JSON written by train")
+    parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV from train")
     parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON")
     parser.add_argument("--confusion", type=Path, required=True, help="CSV for the DVC plot")
     parser.add_argument("--per-class", type=Path, required=True, help="per-digit scores CSV")
@@ -152,7 +156,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.confusion, confusion_rows(labels, probabilities.argmax(axis=1)).to_csv(index=False)
     )
     write_text(args.per_class, evaluation.per_class.to_csv(index=False, float_format="%.4f"))
-    figures = write_figures(args.figures, test.x, labels, probabilities, evaluation, kernel)
+    history = pd.read_csv(args.history)
+    figures = write_figures(
+        args.figures, test.x, labels, probabilities, evaluation, kernel, history
+    )
 
     tracking.setup(params.mlflow, tracking.project_root(args.params))
     run_info = json.loads(args.run_info.read_text())

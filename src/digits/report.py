@@ -75,14 +75,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--train-metrics", type=Path, required=True)
     parser.add_argument("--per-class", type=Path, required=True)
     parser.add_argument("--run-info", type=Path, required=True)
-    parser.add_argument("--curves", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
-    pngs = [args.curves, *sorted(args.figures.glob("*.png"))]
-    images = {p.stem: os.path.relpath(p, args.out.parent) for p in pngs if p.exists()}
+    pngs = sorted(args.figures.glob("*.png"))
+    images = {p.stem: os.path.relpath(p, args.out.parent) for p in pngs}
     text = render(
         run_params(params),
         json.loads(args.metrics.read_text()),

@@ -38,10 +38,11 @@ class TrainResult:
 
 
 def train(params: Params, train: Split, val: Split, data_path: Path, root: Path) -> TrainResult:
-    """Fit in a new MLflow run that records params, curves, data, code version and the model."""
+    """Fit in a new MLflow run that records params, per-epoch metrics, data, code version and
+    the model. (Figures, the learning curves among them, are `evaluate`'s.)"""
     import mlflow
 
-    from digits import plots, tracking
+    from digits import tracking
     from digits.training import fit_logged
 
     digest = file_digest(data_path / "train.npz", data_path / "val.npz")
@@ -49,9 +50,6 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
         mlflow.set_tags(tracking.context_tags(root, digest))
         tracking.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
         model, history, metrics = fit_logged(params, train, val)
-        figure = plots.learning_curves(history)
-        mlflow.log_figure(figure, "plots/learning_curves.png")
-        plots.close(figure)
         mlflow.log_table(history, artifact_file="history.json")
         model_uri = tracking.log_keras_model(model, val.x[:5])
     return TrainResult(model, history, metrics, run.info.run_id, model_uri)
@@ -67,11 +65,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-info", type=Path, required=True, help="JSON with the MLflow run id")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON of training metrics")
     parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV (DVC plot)")
-    parser.add_argument("--curves", type=Path, required=True, help="learning-curve PNG")
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
-    from digits import plots, tracking
+    from digits import tracking
 
     root = tracking.project_root(args.params)
     experiment_id = tracking.setup(params.mlflow, root)
@@ -82,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         result.model.save(tmp)
     write_text(args.history, result.history.to_csv(index=False, float_format="%.6g"))
     write_json(args.metrics, result.metrics)
-    plots.save(plots.learning_curves(result.history), args.curves)
     write_json(
         args.run_info,
         {"run_id": result.run_id, "experiment_id": experiment_id, "model_uri": result.model_uri},
