@@ -14,7 +14,12 @@ from conftest import real_params, synthetic_digits
 
 keras = pytest.importorskip("keras")
 
-from digits.models import build_model, compile_model  # noqa: E402
+from digits.models import (  # noqa: E402
+    STEPS_PER_EXECUTION,
+    build_model,
+    compile_model,
+    make_optimizer,
+)
 from digits.training import fit  # noqa: E402
 
 X = np.random.default_rng(0).random((32, 784), dtype=np.float32)
@@ -125,6 +130,31 @@ def test_fit_learns_and_reports_history() -> None:
     assert history["epoch"].tolist() == [1, 2, 3]
     assert history["train/loss"].iloc[-1] < history["train/loss"].iloc[0]
     assert history["val/accuracy"].iloc[-1] > 0.5  # chance is 0.1
+
+
+def test_many_steps_per_execution_train_exactly_like_one() -> None:
+    """The builder's compile runs 32 batches per TensorFlow call; the weights (dropout's random
+    masks included) end the same as with Keras's default of one."""
+    images, labels = synthetic_digits(400, seed=3)
+    x, y = to_features(images), one_hot(labels)
+    params = params_with(
+        model={"mlp.width": 32, "mlp.depth": 2, "mlp.dropout": 0.3},
+        train={"epochs": 2, "batch_size": 8},  # 50 batches: one full execution and a remainder
+    )
+    weights = []
+    for steps in (STEPS_PER_EXECUTION, 1):
+        keras.utils.set_random_seed(0)
+        model = build_model(params.model)
+        if steps == 1:
+            optimizer = make_optimizer(params.train, steps_per_epoch=50)
+            model.compile(optimizer, "categorical_crossentropy", metrics=["accuracy"])
+        else:
+            compile_model(model, params.train, steps_per_epoch=50)
+        assert model.steps_per_execution == steps
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        weights.append(model.get_weights())
+    for ours, default in zip(*weights, strict=True):
+        np.testing.assert_allclose(ours, default, rtol=1e-5, atol=1e-6)
 
 
 def test_nan_loss_stops_training_with_a_clear_error() -> None:

@@ -1,6 +1,6 @@
 """`make bench`: what the pipeline costs over plain Keras, and what pruning buys a sweep.
 
-    python -m digits.bench overhead [--repeats 3]     # train stage vs bench/bare_keras.py
+    python -m digits.bench overhead [--repeats 4]     # train stage vs bench/bare_keras.py
     python -m digits.bench sweep [--workers 2]        # TPE + pruning vs random, no pruning
 
 Real data (`data/processed`, `make repro` first). Results: `reports/bench/*.json` and `.md`.
@@ -139,7 +139,8 @@ def overhead_markdown(result: dict[str, Any], params: Path) -> str:
         for i, (s, b) in enumerate(zip(stage, bare, strict=True))
     )
     noop = spread(result["noop_repro_seconds"]) if result["noop_repro_seconds"] else "not timed"
-    by_run = ", ".join(f"{s['wall'] / b['wall']:.3f}" for s, b in zip(stage, bare, strict=True))
+    ratios = [s["wall"] / b["wall"] for s, b in zip(stage, bare, strict=True)]
+    by_run = ", ".join(f"{r:.3f}" for r in ratios)
     return f"""## Overhead: the train stage against bare Keras
 
 `{params}` as committed; {len(stage)} alternating runs each (ABBA order), on {machine()},
@@ -152,7 +153,7 @@ history table, the model with signature and input example).
 {rows}
 
 Wall-time ratio stage / bare: **{result["ratio_wall"]:.3f}** over all runs (fit only:
-{result["ratio_fit"]:.3f}); run by run: {by_run}.
+{result["ratio_fit"]:.3f}); run by run: {by_run} (median {statistics.median(ratios):.3f}).
 Identical validation accuracy in every run: {"yes" if result["same_val_accuracy"] else "no"}.
 
 Preprocess stage, 70,000 images from the four IDX files: {spread(result["preprocess_seconds"])}.
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     commands = parser.add_subparsers(dest="command", required=True)
     over = commands.add_parser("overhead", help="train stage vs bare Keras")
-    over.add_argument("--repeats", type=int, default=3)
+    over.add_argument("--repeats", type=int, default=4, help="runs of each (ABBA order)")
     sweeps = commands.add_parser("sweep", help="TPE + pruning vs random without pruning")
     sweeps.add_argument("--workers", type=int, default=2)
     sweeps.add_argument("--n-trials", type=int)
