@@ -71,3 +71,26 @@ def test_the_ratio_is_a_lower_bound_when_random_search_never_gets_there() -> Non
     }
     assert "**3.00x** the epochs (2.00x the trials)" in bench.efficiency_ratio(tpe, both)
     assert "**more than 7.50x**" in bench.efficiency_ratio(tpe, never)
+
+
+def test_the_overhead_section_splits_fixed_costs_from_the_fit() -> None:
+    runs = {
+        "stage": [{"wall": 110.0, "fit": 100.0}, {"wall": 121.0, "fit": 110.0}],
+        "bare": [{"wall": 104.0, "fit": 100.0}, {"wall": 116.0, "fit": 110.0}],
+    }
+    for kind in runs.values():
+        for run in kind:
+            run["val_accuracy"] = 0.98
+    result = {
+        "runs": runs,
+        "ratio_wall": 231 / 220,
+        "ratio_fit": 1.0,
+        "same_val_accuracy": True,
+        "preprocess_seconds": [2.0],
+        "noop_repro_seconds": [],
+    }
+    text = " ".join(bench.overhead_markdown(result, Path("params.yaml")).split())
+    assert "run by run: 1.058, 1.043 (median 1.050)" in text
+    assert "stage 10.50 s (runs: 10.00, 11.00), bare 5.00 s (runs: 4.00, 6.00)" in text
+    assert "median 105.0 s in the stage, 105.0 s bare (ratio 1.000)" in text
+    assert "No-op `dvc repro` (nothing changed): not timed." in text
