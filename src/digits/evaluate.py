@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from digits import tracking
 
     test = load_split(args.data / "test.npz")
+    history = pd.read_csv(args.history)
     model = keras.saving.load_model(args.model)
     probabilities = model.predict(test.x, batch_size=1024, verbose=0)
     labels = test.labels
@@ -156,7 +157,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.confusion, confusion_rows(labels, probabilities.argmax(axis=1)).to_csv(index=False)
     )
     write_text(args.per_class, evaluation.per_class.to_csv(index=False, float_format="%.4f"))
-    history = pd.read_csv(args.history)
     figures = write_figures(
         args.figures, test.x, labels, probabilities, evaluation, kernel, history
     )

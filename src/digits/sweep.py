@@ -184,7 +184,7 @@ class Interruption:
     """Ctrl-C / SIGTERM in a worker, deferred to safe points. Raised at an arbitrary point, a
     KeyboardInterrupt can land inside Optuna's journal lock, whose clean-up then breaks the
     lock for every other worker; instead the signal sets a flag that `check` (between trials,
-    and after every batch via `callback`) turns into KeyboardInterrupt."""
+    and after every execution of batches via `callback`) turns into KeyboardInterrupt."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
@@ -203,7 +203,8 @@ class Interruption:
             raise KeyboardInterrupt(self.signal)
 
     def callback(self) -> keras.callbacks.Callback:
-        """A Keras callback that checks after every training and validation batch."""
+        """A Keras callback that checks whenever Keras reports a training or validation batch:
+        after each call into TensorFlow, i.e. every `STEPS_PER_EXECUTION` batches."""
         import keras
 
         check = self.check
