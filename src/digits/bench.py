@@ -141,8 +141,9 @@ def overhead_markdown(result: dict[str, Any], params: Path) -> str:
     noop = spread(result["noop_repro_seconds"]) if result["noop_repro_seconds"] else "not timed"
     ratios = [s["wall"] / b["wall"] for s, b in zip(stage, bare, strict=True)]
     by_run = ", ".join(f"{r:.3f}" for r in ratios)
-    outside = {k: [r["wall"] - r["fit"] for r in result["runs"][k]] for k in ("stage", "bare")}
-    fit = {k: statistics.median(r["fit"] for r in result["runs"][k]) for k in ("stage", "bare")}
+    kinds = {"stage": stage, "bare": bare}
+    outside = {k: [r["wall"] - r["fit"] for r in runs] for k, runs in kinds.items()}
+    fit = {k: statistics.median(r["fit"] for r in runs) for k, runs in kinds.items()}
     return f"""## Overhead: the train stage against bare Keras
 
 `{params}` as committed; {len(stage)} alternating runs each (ABBA order), on {machine()},
