@@ -42,13 +42,14 @@ def test_the_table_says_no_below_the_reference_or_over_the_time_limit() -> None:
     results = {
         "exact": {**figures, "accuracy": 0.9923 * 100, "seconds": 10.0},  # 99.22999...
         "short": {**figures, "accuracy": 99.5, "seconds": 10.0},
-        "slow": {**figures, "accuracy": 99.1, "seconds": 31.0},
+        "slow": {**figures, "accuracy": 99.1, "seconds": 31.0, "date": "2026-11-22"},
     }
     rows = {line.split(" | ")[0][2:]: line for line in ladder.table(rungs, results).splitlines()}
     assert rows["exact"].endswith("| yes |")
     assert rows["short"].endswith("| NO |")
     assert rows["slow"].endswith("| NO |") and "(limit 30 s)" in rows["slow"]
     assert "not run" in rows["missing"]
+    assert "| 2026-11-22 |" in rows["slow"] and f"| {ladder.UNDATED} |" in rows["short"]
 
 
 def trial(number: int, curve: list[float]) -> SimpleNamespace:

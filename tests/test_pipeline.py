@@ -103,12 +103,16 @@ def test_mlflow_holds_one_finished_run_with_everything(project) -> None:
     assert inputs and inputs[0].dataset.name == "train.npz"
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    local = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(local)
     from digits.data import load_split
 
     test = load_split(root / "data/processed/test.npz")
     assert model.metadata.signature is not None
     assert model.predict(test.x[:3]).shape == (3, 10)
+    # the input example serves (train logs the model without MLflow's own check of it)
+    example = model.metadata.load_input_example(local)
+    assert example.shape == (2, 784) and model.predict(example).shape == (2, 10)
 
 
 def test_second_repro_runs_nothing_and_train_param_reruns_only_downstream(project) -> None:
