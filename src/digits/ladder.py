@@ -33,8 +33,8 @@ from digits.files import write_text
 
 log = logging.getLogger(__name__)
 
-# results recorded before the ladder kept a date per rung, when `train/seconds` still counted
-# TensorFlow's import (fixed in 2f5e76c)
+# shown for results without a date: recorded before the ladder dated its rungs, when
+# `train/seconds` still counted TensorFlow's import (fixed in 2f5e76c)
 UNDATED = "before 2f5e76c"
 
 

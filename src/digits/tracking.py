@@ -237,6 +237,8 @@ class _KerasFlavor:
 
     @staticmethod
     def save_model(path: str, validate_serving_input: bool = True, **kwargs: Any) -> None:
+        # `validate_serving_input` is `Model.log`'s own option, which it passes on to the
+        # flavor; `mlflow.keras.save_model` does not take it
         os.makedirs(path, exist_ok=True)
         mlflow.keras.save_model(path=path, **kwargs)
 
