@@ -181,12 +181,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     rungs = load_rungs(args.rungs, params)
 
-    from digits import tracking
-
-    tracking.setup(params.mlflow, tracking.project_root(args.params))
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
-    wanted = [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
-    selected = [] if args.render else wanted
+    selected = (
+        []
+        if args.render
+        else [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
+    )
+    if selected:
+        from digits import tracking
+
+        tracking.setup(params.mlflow, tracking.project_root(args.params))
     for number, rung in enumerate(selected, 1):
         log.info("rung %d of %d", number, len(selected))
         wall = run_rung(rung)
