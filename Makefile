@@ -58,7 +58,7 @@ promote: setup ## Write the sweep's best trial into params.yaml (then: make repr
 dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:8080)
 	optuna-dashboard --port 8080 "$$(python -m digits.sweep storage $(STUDY_ARGS))"
 
-ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~80 min)
+ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~1 h)
 	dvc repro preprocess
 	python -m digits.ladder $(if $(ONLY),--only $(ONLY))
 

@@ -72,6 +72,7 @@ def test_run_params_are_flat_and_only_the_selected_family() -> None:
     assert flat["model.type"] == "cnn"
     assert "model.cnn.filters" in flat
     assert not any(k.startswith("model.mlp") for k in flat)
+    assert flat["model.dtype_policy"] == "float32"
     assert flat["train.learning_rate"] == raw["train"]["learning_rate"]
 
 

@@ -94,6 +94,32 @@ def test_cnn_reshapes_flat_input() -> None:
     assert sum(isinstance(layer, keras.layers.Conv2D) for layer in model.layers) == 4
 
 
+def test_mixed_bfloat16_computes_in_bfloat16_and_learns(tmp_path) -> None:
+    images, labels = synthetic_digits(400, seed=3)
+    train = Split(to_features(images[:300]), one_hot(labels[:300]), np.arange(300))
+    val = Split(to_features(images[300:]), one_hot(labels[300:]), np.arange(300, 400))
+    params = params_with(
+        model={
+            "type": "cnn",
+            "cnn.filters": [8],
+            "cnn.dense": 32,
+            "dtype_policy": "mixed_bfloat16",
+        },
+        train={"epochs": 3, "batch_size": 32},
+    )
+    model, history = fit(params.model, params.train, train, val)
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert (conv.compute_dtype, conv.variable_dtype) == ("bfloat16", "float32")
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
+    assert history["val/accuracy"].iloc[-1] > 0.9  # float32: 1.0; chance is 0.1
+
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer(conv.name).compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(loaded.predict(val.x, verbose=0), model.predict(val.x, verbose=0))
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "rmsprop", "adagrad", "adadelta", "adam"])
 def test_optimizers(optimizer: str) -> None:
     params = params_with(model={"mlp.width": 8}, train={"optimizer": optimizer})

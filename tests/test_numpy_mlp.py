@@ -112,11 +112,13 @@ def test_needs_plain_sgd(mirror) -> None:
     folder, hashes = mirror
     raw = shrink(real_params(), hashes, [str(folder)])
     raw["model"]["type"] = "numpy_mlp"
+    raw["model"]["dtype_policy"] = "mixed_bfloat16"
     raw["train"].update(optimizer="adam", lr_schedule="cosine")
     with pytest.raises(ParamsError) as err:
         parse_params(raw)
     assert "train.optimizer: numpy_mlp trains with plain mini-batch SGD" in str(err.value)
     assert "train.lr_schedule" in str(err.value)
+    assert "model.dtype_policy: numpy_mlp computes in NumPy" in str(err.value)
 
 
 def test_the_train_stage_tracks_it_like_a_keras_model(

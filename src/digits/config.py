@@ -123,6 +123,9 @@ class ModelConfig(Strict):
     cnn: CNNConfig = CNNConfig()
     numpy_mlp: NumpyMLPConfig = NumpyMLPConfig()
     augment: AugmentConfig = AugmentConfig()
+    # Keras dtype policy of every layer but the float32 softmax output. mixed_bfloat16 computes
+    # in bfloat16 with float32 weights: faster convolutions on CPUs with AVX512-BF16 or AMX.
+    dtype_policy: Literal["float32", "mixed_bfloat16"] = "float32"
 
 
 class TrainConfig(Strict):
@@ -215,6 +218,8 @@ class Params(Strict):
             problems.append("train.lr_schedule: numpy_mlp keeps eta constant; set it to constant")
         if self.model.augment.enabled:
             problems.append("model.augment: numpy_mlp has no augmentation; set it to 0")
+        if self.model.dtype_policy != "float32":
+            problems.append("model.dtype_policy: numpy_mlp computes in NumPy; set it to float32")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -336,7 +341,12 @@ def run_params(params: Params) -> dict[str, Any]:
     family = getattr(model, model.type).model_dump()
     tree = {
         "data": params.data.model_dump(),
-        "model": {"type": model.type, model.type: family, "augment": model.augment.model_dump()},
+        "model": {
+            "type": model.type,
+            model.type: family,
+            "augment": model.augment.model_dump(),
+            "dtype_policy": model.dtype_policy,
+        },
         "train": params.train.model_dump(),
     }
     return flatten(tree)

@@ -86,19 +86,35 @@ def _cnn(x: keras.KerasTensor, cfg: CNNConfig, image_shape: tuple[int, int]) -> 
 
 
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int] = (28, 28)) -> keras.Model:
-    """An uncompiled Keras model from flattened images (n, rows*cols) to class probabilities."""
+    """An uncompiled Keras model from flattened images (n, rows*cols) to class probabilities,
+    its layers under `cfg.dtype_policy` (saved with the model) and Keras's global policy left
+    as it was."""
     import keras
-    from keras import layers
 
     if cfg.type == "numpy_mlp":
         raise ValueError("numpy_mlp is trained and exported by digits.numpy_mlp")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(cfg.dtype_policy)
+    try:
+        return _build(cfg, image_shape)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build(cfg: ModelConfig, image_shape: tuple[int, int]) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs = keras.Input(shape=(image_shape[0] * image_shape[1],), name="pixels")
     x = _augment(inputs, cfg.augment, image_shape) if cfg.augment.enabled else inputs
     if cfg.type == "mlp":
         x = _mlp(x, cfg.mlp)
     elif cfg.type == "cnn":
         x = _cnn(x, cfg.cnn, image_shape)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    # float32 whatever the policy: a softmax and its loss in bfloat16 lose precision
+    outputs = layers.Dense(
+        NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32"
+    )(x)
     return keras.Model(inputs, outputs, name=cfg.type)
 
 
