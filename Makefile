@@ -62,10 +62,10 @@ ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladde
 	dvc repro preprocess
 	python -m digits.ladder $(if $(ONLY),--only $(ONLY))
 
-bench: setup ## Train stage vs bare Keras, and TPE+pruning vs random sweeps -> reports/bench/ (~45 min)
+bench: setup ## Train stage vs bare Keras, TPE+pruning vs random sweeps (N_TRIALS= WORKERS=) -> reports/bench/ (~1 h)
 	dvc repro
 	python -m digits.bench overhead
-	python -m digits.bench sweep $(if $(WORKERS),--workers $(WORKERS))
+	python -m digits.bench sweep $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS))
 
 predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion]
 	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3]'; exit 2; }
