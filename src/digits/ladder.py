@@ -182,11 +182,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rungs = load_rungs(args.rungs, params)
 
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
-    selected = (
-        []
-        if args.render
-        else [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
-    )
+    wanted = [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
+    selected = [] if args.render else wanted
     if selected:
         from digits import tracking
 
