@@ -99,8 +99,10 @@ def test_mlflow_holds_one_finished_run_with_everything(project) -> None:
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/confusion_matrix.png", "plots/learning_curves.png"} <= artifacts
     assert any(a.path == "confusion_matrix.json" for a in client.list_artifacts(run.info.run_id))
-    inputs = run.inputs.dataset_inputs
-    assert inputs and inputs[0].dataset.name == "train.npz"
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "train.npz"
+    assert data.dataset.digest == run.data.tags["data.sha256"][:8]
+    assert {t.key: t.value for t in data.tags}["sha256"] == run.data.tags["data.sha256"]
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     local = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model")

@@ -199,10 +199,15 @@ def context_tags(root: Path, data_digest: str) -> dict[str, str]:
 
 
 def log_dataset(x: Any, y: Any, path: Path, digest: str, context: str) -> None:
-    """Record a split as the run's dataset input (shown in the UI's Datasets column)."""
+    """Record a split as the run's dataset input (shown in the UI's Datasets column), identified
+    by `digest`, the sha256 of the data files: its first 8 digits as the dataset's digest (the
+    length MLflow's own have), all of it as the input's tag `sha256`. (MLflow's own digest
+    would hash the first 10,000 values only, after copying the whole array: ~0.3 s here.)"""
     with warnings.catch_warnings():  # a local path matches two equivalent source resolvers
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_numpy(x, targets=y, name=path.name, source=str(path.resolve()))
+        dataset = mlflow.data.from_numpy(
+            x, targets=y, name=path.name, source=str(path.resolve()), digest=digest[:8]
+        )
     mlflow.log_input(dataset, context=context, tags={"sha256": digest})
 
 
