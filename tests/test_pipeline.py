@@ -93,6 +93,8 @@ def test_mlflow_holds_one_finished_run_with_everything(project) -> None:
     assert run.data.params["model.type"] == "mlp"
     assert "test/accuracy" in run.data.metrics
     assert run.data.tags["data.sha256"]
+    # the stage ran this project's code, not the editable install's (dvc exp run --temp)
+    assert Path(run.data.tags["mlflow.source.name"]).resolve().is_relative_to(root.resolve())
     for metric in ("train/loss", "train/accuracy", "val/loss", "val/accuracy"):
         history = client.get_metric_history(run.info.run_id, metric)
         assert [m.step for m in history] == [1, 2], metric
