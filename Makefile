@@ -50,26 +50,26 @@ STUDY_ARGS = $(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage '$(STORAG
 
 sweep: setup ## Optuna sweep (N_TRIALS= TIMEOUT= WORKERS= STUDY= STORAGE=); resumes a study
 	dvc repro preprocess
-	python -m digits.sweep run $(SWEEP_ARGS)
+	python -m digits.tools.sweep run $(SWEEP_ARGS)
 
 promote: setup ## Write the sweep's best trial into params.yaml (then: make repro)
-	python -m digits.sweep promote $(STUDY_ARGS)
+	python -m digits.tools.sweep promote $(STUDY_ARGS)
 
 dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:8080)
-	optuna-dashboard --port 8080 "$$(python -m digits.sweep storage $(STUDY_ARGS))"
+	optuna-dashboard --port 8080 "$$(python -m digits.tools.sweep storage $(STUDY_ARGS))"
 
 ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~1 h)
 	dvc repro preprocess
-	python -m digits.ladder $(if $(ONLY),--only $(ONLY))
+	python -m digits.tools.ladder $(if $(ONLY),--only $(ONLY))
 
 bench: setup ## Train stage vs bare Keras, TPE+pruning vs random sweeps (N_TRIALS= WORKERS=) -> reports/bench/ (~1 h)
 	dvc repro
-	python -m digits.bench overhead
-	python -m digits.bench sweep $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS))
+	python -m digits.tools.bench overhead
+	python -m digits.tools.bench sweep $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS))
 
 predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion]
 	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3]'; exit 2; }
-	python -m digits.predict $(FILES) $(if $(MODEL),--model '$(MODEL)') $(if $(TOP),--top $(TOP))
+	python -m digits.tools.predict $(FILES) $(if $(MODEL),--model '$(MODEL)') $(if $(TOP),--top $(TOP))
 
 clean: ## Remove generated data, models, runs (keeps the DVC cache)
 	rm -rf data/raw data/processed models mlflow.db mlartifacts

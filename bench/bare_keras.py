@@ -47,7 +47,7 @@ model.compile(
     keras.optimizers.Adam(schedule),
     "categorical_crossentropy",
     metrics=["accuracy"],
-    steps_per_execution=32,  # as the pipeline's compile (digits.models.STEPS_PER_EXECUTION)
+    steps_per_execution=32,  # as the pipeline's compile (digits.lib.models.STEPS_PER_EXECUTION)
 )
 monitor = train["monitor"].replace("val/", "val_")
 callbacks = [keras.callbacks.TerminateOnNaN()]

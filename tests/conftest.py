@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from digits.idx import encode_idx
+from digits.lib.idx import encode_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train": 600, "t10k": 200}
@@ -122,7 +122,7 @@ def http_mirror(mirror: tuple[Path, dict[str, str]]) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def processed(tmp_path_factory: pytest.TempPathFactory, mirror) -> Path:
     """The synthetic dataset, downloaded and preprocessed by the real stages."""
-    from digits import download, preprocess
+    from digits.stages import download, preprocess
 
     folder, hashes = mirror
     root = tmp_path_factory.mktemp("data")

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from digits import bench, ladder
-from digits.config import ParamsError, parse_params
+from digits.lib.config import ParamsError, parse_params
+from digits.tools import bench, ladder
 
 from conftest import ROOT, real_params
 

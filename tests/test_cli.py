@@ -10,7 +10,7 @@ import pytest
 
 SCRIPT = """
 import atexit, os, sys
-from digits.cli import stage_main
+from digits.lib.cli import stage_main
 
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digits.config import ParamsError, load_params, parse_params, run_params
+from digits.lib.config import ParamsError, load_params, parse_params, run_params
 
 from conftest import ROOT, real_params
 
@@ -83,7 +83,7 @@ def test_invalid_params_fail_fast_without_tensorflow(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     code = (
         "import sys\n"
-        "from digits.train import main\n"
+        "from digits.stages.train import main\n"
         "try:\n"
         "    main(['--params', 'params.yaml', '--data', 'd', '--model', 'm.keras',"
         " '--run-info', 'r', '--metrics', 'x', '--history', 'h'])\n"

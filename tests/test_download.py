@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from digits.config import parse_params
-from digits.download import MIRROR_ENV, DownloadError, download, sources
+from digits.lib.config import parse_params
+from digits.stages.download import MIRROR_ENV, DownloadError, download, sources
 
 from conftest import free_port
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from digits.data import SPLITS, Split, load_split, load_splits, save_split
+from digits.lib.data import SPLITS, Split, load_split, load_splits, save_split
 
 from conftest import real_params, shrink, stage_env
 
@@ -33,7 +33,7 @@ def test_kill_9_at_any_moment_leaves_whole_outputs(tmp_path: Path, mirror, proce
     _, hashes = mirror
     params = write_params(tmp_path, hashes)
     out = tmp_path / "processed"
-    cmd = [str(BIN / "python"), "-m", "digits.preprocess", "--params", str(params)]
+    cmd = [str(BIN / "python"), "-m", "digits.stages.preprocess", "--params", str(params)]
     cmd += ["--raw", str(processed.parent / "raw"), "--out", str(out)]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=stage_env(), capture_output=True)
@@ -64,7 +64,7 @@ def test_nan_loss_ends_the_run_failed_with_the_reason(
     y[7, 2] = np.nan
     save_split(data / "train.npz", Split(splits["train"].x, y, splits["train"].index))
     save_split(data / "val.npz", splits["val"])
-    cmd = [str(BIN / "python"), "-m", "digits.train", "--data", str(data)]
+    cmd = [str(BIN / "python"), "-m", "digits.stages.train", "--data", str(data)]
     cmd += ["--model", "m/model.keras", "--run-info", "m/run.json", "--metrics", "r/m.json"]
     cmd += ["--history", "r/h.csv"]
     out = subprocess.run(cmd, cwd=tmp_path, env=stage_env(), capture_output=True, text=True)
@@ -79,8 +79,8 @@ def test_nan_loss_ends_the_run_failed_with_the_reason(
 
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 def test_same_seed_same_metrics(mirror, processed: Path, family: str) -> None:
-    from digits.config import parse_params
-    from digits.training import fit
+    from digits.lib.config import parse_params
+    from digits.lib.training import fit
 
     _, hashes = mirror
     raw = shrink(real_params(), hashes, ["x"])

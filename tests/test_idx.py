@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digits.idx import IdxError, encode_idx, read_images, read_labels, read_pair
+from digits.lib.idx import IdxError, encode_idx, read_images, read_labels, read_pair
 
 
 def write(path: Path, data: bytes) -> Path:

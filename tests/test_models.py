@@ -6,21 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digits.config import parse_params
-from digits.data import Split
-from digits.preprocess import one_hot, to_features
+from digits.lib.config import parse_params
+from digits.lib.data import Split
+from digits.stages.preprocess import one_hot, to_features
 
 from conftest import real_params, synthetic_digits
 
 keras = pytest.importorskip("keras")
 
-from digits.models import (  # noqa: E402
+from digits.lib.models import (  # noqa: E402
     STEPS_PER_EXECUTION,
     build_model,
     compile_model,
     make_optimizer,
 )
-from digits.training import fit  # noqa: E402
+from digits.lib.training import fit  # noqa: E402
 
 X = np.random.default_rng(0).random((32, 784), dtype=np.float32)
 Y = one_hot(np.arange(32) % 10)
@@ -184,7 +184,7 @@ def test_many_steps_per_execution_train_exactly_like_one() -> None:
 
 
 def test_nan_loss_stops_training_with_a_clear_error() -> None:
-    from digits.training import TrainingDiverged
+    from digits.lib.training import TrainingDiverged
 
     y = Y.copy()
     y[5, 3] = np.nan  # one poisoned label makes the first batch's loss NaN

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digits import numpy_mlp
-from digits.config import MLflowConfig, ParamsError, parse_params
-from digits.numpy_mlp import Network, cost, gradients
+from digits.lib import numpy_mlp
+from digits.lib.config import MLflowConfig, ParamsError, parse_params
+from digits.lib.numpy_mlp import Network, cost, gradients
 
 from conftest import real_params, shrink
 
@@ -66,7 +66,7 @@ def test_a_biased_gradient_fails_the_check() -> None:
 
 @pytest.fixture
 def splits(processed: Path):
-    from digits.data import load_splits
+    from digits.lib.data import load_splits
 
     return load_splits(processed, ("train", "val", "test"))
 
@@ -82,7 +82,7 @@ def params(mirror):
 
 
 def test_learns_and_exports_a_keras_model_with_the_same_labels(params, splits) -> None:
-    from digits.training import fit
+    from digits.lib.training import fit
 
     model, history = fit(params.model, params.train, splits["train"], splits["val"])
     assert list(history["epoch"]) == [1, 2, 3, 4]
@@ -100,7 +100,7 @@ def test_learns_and_exports_a_keras_model_with_the_same_labels(params, splits) -
 
 
 def test_the_same_seed_trains_the_same_network(params, splits) -> None:
-    from digits.training import fit
+    from digits.lib.training import fit
 
     once = fit(params.model, params.train, splits["train"], splits["val"])[0].get_weights()
     twice = fit(params.model, params.train, splits["train"], splits["val"])[0].get_weights()
@@ -126,8 +126,8 @@ def test_the_train_stage_tracks_it_like_a_keras_model(
 ) -> None:
     import mlflow
 
-    from digits import tracking
-    from digits.train import train
+    from digits.lib import tracking
+    from digits.stages.train import train
 
     tracking.setup(MLflowConfig(), tmp_path)
     try:
@@ -150,7 +150,7 @@ def test_the_train_stage_tracks_it_like_a_keras_model(
 
 
 def test_keras_builder_refuses_it() -> None:
-    from digits.models import build_model
+    from digits.lib.models import build_model
 
     cfg = parse_params(real_params()).with_overrides(CLASSIC).model
     with pytest.raises(ValueError, match="numpy_mlp"):

@@ -109,7 +109,7 @@ def test_mlflow_holds_one_finished_run_with_everything(project) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     local = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model")
     model = mlflow.pyfunc.load_model(local)
-    from digits.data import load_split
+    from digits.lib.data import load_split
 
     test = load_split(root / "data/processed/test.npz")
     assert model.metadata.signature is not None

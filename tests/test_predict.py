@@ -1,4 +1,4 @@
-"""`digits.predict`: MNIST's own normalisation of arbitrary images, `.npy` batches, per-file
+"""`digits.tools.predict`: MNIST's own normalisation of arbitrary images, `.npy` batches, per-file
 errors, and predictions from a local Keras file and from MLflow model URIs.
 
 The test digits are the font's glyphs 0-9 drawn with Pillow: a model trained on their MNIST
@@ -19,8 +19,8 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from digits.config import IDX_KINDS
-from digits.predict import (
+from digits.lib.config import IDX_KINDS
+from digits.tools.predict import (
     InputError,
     load_image,
     main,
@@ -221,8 +221,8 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A softmax regression (the project's builder) trained on glyphs, saved as .keras."""
     import keras
 
-    from digits.config import ModelConfig
-    from digits.models import build_model
+    from digits.lib.config import ModelConfig
+    from digits.lib.models import build_model
 
     x, labels = training_digits(600, seed=0)
     keras.utils.set_random_seed(0)
@@ -384,8 +384,8 @@ def test_mlflow_model_uris(
     import keras
     import mlflow
 
-    from digits import tracking
-    from digits.config import MLflowConfig
+    from digits.lib import tracking
+    from digits.lib.config import MLflowConfig
 
     tracking.setup(MLflowConfig(), mlflow_store)
     x, _ = training_digits(5, seed=4)

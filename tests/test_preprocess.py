@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.config import DataConfig
-from digits.data import load_splits
-from digits.preprocess import main, make_splits, one_hot, to_features
+from digits.lib.config import DataConfig
+from digits.lib.data import load_splits
+from digits.stages.preprocess import main, make_splits, one_hot, to_features
 
 from conftest import synthetic_digits
 
@@ -49,8 +49,8 @@ def test_splits_sizes_stratification_and_no_leak() -> None:
 def test_stage_writes_loadable_npz(tmp_path: Path, small_params, mirror) -> None:
     import yaml
 
-    from digits.config import parse_params
-    from digits.download import download
+    from digits.lib.config import parse_params
+    from digits.stages.download import download
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(small_params))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from digits.config import load_params
-from digits.data import load_splits
+from digits.lib.config import load_params
+from digits.lib.data import load_splits
 
 from conftest import ROOT
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from digits import download, preprocess
+    from digits.stages import download, preprocess
 
     if not os.environ.get("MNIST_MIRROR"):
         pytest.skip("set MNIST_MIRROR to a folder with the four MNIST files")
@@ -39,8 +39,8 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ids=["default", "softmax"],
 )
 def test_accuracy_target(mnist: Path, overrides: dict, target: float) -> None:
-    from digits.evaluate import score
-    from digits.training import fit
+    from digits.lib.training import fit
+    from digits.stages.evaluate import score
 
     params = load_params(ROOT / "params.yaml").with_overrides(overrides)
     splits = load_splits(mnist)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digits import tracking
-from digits.config import MLflowConfig
+from digits.lib import tracking
+from digits.lib.config import MLflowConfig
 
 from conftest import free_port, stage_env
 
@@ -57,7 +57,7 @@ def logged_model(splits, epochs: int) -> tuple[str, float]:
 
 @pytest.fixture(scope="module")
 def splits(processed: Path):
-    from digits.data import load_splits
+    from digits.lib.data import load_splits
 
     return load_splits(processed, ("train", "test"))
 

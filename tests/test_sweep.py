@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from digits import sweep
-from digits.config import parse_params
+from digits.lib.config import parse_params
+from digits.tools import sweep
 
 from conftest import ROOT, drop_database, postgres_database, stage_env
 
@@ -44,7 +44,13 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_sweep(project: Path, data: Path, *args: str, check: bool = True) -> str:
-    cmd = [str(BIN / "python"), "-m", "digits.sweep", "--params", str(project / "params.yaml")]
+    cmd = [
+        str(BIN / "python"),
+        "-m",
+        "digits.tools.sweep",
+        "--params",
+        str(project / "params.yaml"),
+    ]
     cmd += ["run", "--data", str(data), "--out", str(project / "reports/sweep"), *args]
     out = subprocess.run(
         cmd, cwd=project, env=stage_env(), capture_output=True, text=True, timeout=600
@@ -55,7 +61,7 @@ def run_sweep(project: Path, data: Path, *args: str, check: bool = True) -> str:
 
 
 def load(project: Path, storage: str | None = None):
-    from digits.config import load_params
+    from digits.lib.config import load_params
 
     params = load_params(project / "params.yaml")
     url = sweep.storage_url(params.sweep, project, storage)
@@ -164,7 +170,13 @@ def start_slow_sweep(project: Path, data: Path, **popen: Any) -> tuple[subproces
         project / "params.yaml",
         {"sweep.fixed": {"model.type": "mlp", "train.epochs": 40, "train.monitor": "val/accuracy"}},
     )
-    cmd = [str(BIN / "python"), "-m", "digits.sweep", "--params", str(project / "params.yaml")]
+    cmd = [
+        str(BIN / "python"),
+        "-m",
+        "digits.tools.sweep",
+        "--params",
+        str(project / "params.yaml"),
+    ]
     cmd += ["run", "--workers", "2", "--n-trials", "3", "--data", str(data)]
     cmd += ["--out", str(project / "reports/sweep")]
     proc = subprocess.Popen(
@@ -232,13 +244,13 @@ def test_ctrl_c_ends_trials_fail_and_runs_killed_then_resumes(
 def test_promote_round_trips_into_params_and_retrains_the_same(
     project: Path, processed: Path
 ) -> None:
-    from digits.config import load_params
-    from digits.data import load_splits
-    from digits.training import fit_logged
+    from digits.lib.config import load_params
+    from digits.lib.data import load_splits
+    from digits.lib.training import fit_logged
 
     run_sweep(project, processed, "--n-trials", "2")
     best = load(project).best_trial
-    cmd = [str(BIN / "python"), "-m", "digits.sweep", "--params", "params.yaml", "promote"]
+    cmd = [str(BIN / "python"), "-m", "digits.tools.sweep", "--params", "params.yaml", "promote"]
     out = subprocess.run(
         cmd, cwd=project, env=stage_env(), capture_output=True, text=True, timeout=300
     )
@@ -264,7 +276,7 @@ def test_promote_round_trips_into_params_and_retrains_the_same(
 
 
 def test_sweep_space_is_validated_against_the_schema(small_params: dict[str, Any]) -> None:
-    from digits.config import ParamsError
+    from digits.lib.config import ParamsError
 
     small_params["sweep"]["space"]["model.mlp.widht"] = {"choices": [8]}
     small_params["sweep"]["space"]["train.learning_rate"] = {"low": -1.0, "high": 0.1}
@@ -296,7 +308,7 @@ def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str
     """A trial whose worker (on any machine) stopped beating is failed by the next worker."""
     import optuna
 
-    from digits.config import load_params
+    from digits.lib.config import load_params
 
     sweep.promote(project / "params.yaml", {"sweep.heartbeat": 1})
     params = load_params(project / "params.yaml")
@@ -312,7 +324,7 @@ def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str
 def test_space_dimensions_are_checked_together(small_params: dict[str, Any]) -> None:
     """A per-layer width list in the base params is fine when the space also sets the width,
     and an error when only the depth is searched."""
-    from digits.config import ParamsError
+    from digits.lib.config import ParamsError
 
     small_params["model"]["mlp"].update(depth=4, width=[20, 10, 6, 3])
     parse_params(small_params)  # the space sets both depth and width

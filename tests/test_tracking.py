@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digits import tracking
-from digits.config import MLflowConfig
+from digits.lib import tracking
+from digits.lib.config import MLflowConfig
 
 from conftest import real_params, shrink, stage_env
 
@@ -64,7 +64,7 @@ def test_sigterm_during_training_ends_killed(tmp_path: Path, mirror, processed: 
     raw = shrink(real_params(), hashes, ["x"])
     raw["train"].update(epochs=500, patience=0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    cmd = [str(BIN / "python"), "-m", "digits.train", "--data", str(processed)]
+    cmd = [str(BIN / "python"), "-m", "digits.stages.train", "--data", str(processed)]
     cmd += ["--model", "m/model.keras", "--run-info", "m/run.json", "--metrics", "r/m.json"]
     cmd += ["--history", "r/h.csv"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=stage_env(), stderr=subprocess.PIPE, text=True)

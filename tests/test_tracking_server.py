@@ -72,10 +72,10 @@ def test_stages_log_to_a_postgresql_backed_server(
 
     _, hashes = mirror
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
-    trained = stage("digits.train", train_args(processed), tmp_path, tracking_server)
+    trained = stage("digits.stages.train", train_args(processed), tmp_path, tracking_server)
     assert trained.returncode == 0, trained.stderr
     evaluated = stage(
-        "digits.evaluate",
+        "digits.stages.evaluate",
         ["--data", str(processed), "--model", "models/model.keras", "--run-info",
          "models/run.json", "--history", "reports/history.csv", "--metrics",
          "reports/metrics.json", "--confusion",
@@ -109,7 +109,9 @@ def test_dead_tracking_server_fails_fast_before_training(
     _, hashes = mirror
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
     started = time.perf_counter()
-    out = stage("digits.train", train_args(processed), tmp_path, f"http://127.0.0.1:{free_port()}")
+    out = stage(
+        "digits.stages.train", train_args(processed), tmp_path, f"http://127.0.0.1:{free_port()}"
+    )
     assert out.returncode == 1
     assert "is not reachable" in out.stderr and "MLFLOW_TRACKING_URI" in out.stderr
     assert not (tmp_path / "models/model.keras").exists()

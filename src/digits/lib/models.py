@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from digits.config import AugmentConfig, CNNConfig, MLPConfig, ModelConfig, TrainConfig
-from digits.idx import NUM_CLASSES
+from digits.lib.config import AugmentConfig, CNNConfig, MLPConfig, ModelConfig, TrainConfig
+from digits.lib.idx import NUM_CLASSES
 
 if TYPE_CHECKING:
     import keras
@@ -92,7 +92,7 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int] = (28, 28)) -> ke
     import keras
 
     if cfg.type == "numpy_mlp":
-        raise ValueError("numpy_mlp is trained and exported by digits.numpy_mlp")
+        raise ValueError("numpy_mlp is trained and exported by digits.lib.numpy_mlp")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(cfg.dtype_policy)
     try:

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from digits.cli import stage_main
-from digits.config import load_params
-from digits.data import load_split
-from digits.files import write_json, write_text
-from digits.idx import NUM_CLASSES
+from digits.lib.cli import stage_main
+from digits.lib.config import load_params
+from digits.lib.data import load_split
+from digits.lib.files import write_json, write_text
+from digits.lib.idx import NUM_CLASSES
 
 if TYPE_CHECKING:
-    from digits.tracking import Registration
+    from digits.lib.tracking import Registration
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def write_figures(
     """Learning curves (from the training history), confusion heatmap, galleries of the most
     confident mistakes and of correct digits, and the softmax weight images when the model is a
     softmax regression."""
-    from digits import plots
+    from digits.lib import plots
 
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
@@ -121,7 +121,7 @@ def write_figures(
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: `python -m digits.evaluate --data data/processed --model models/model.keras ...`."""
+    """CLI: `python -m digits.stages.evaluate --data data/processed --model ...`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, required=True, help="folder with test.npz")
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import keras
     import mlflow
 
-    from digits import tracking
+    from digits.lib import tracking
 
     test = load_split(args.data / "test.npz")
     history = pd.read_csv(args.history)

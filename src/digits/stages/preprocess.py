@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.cli import stage_main
-from digits.config import DataConfig, load_params
-from digits.data import Split, save_split
-from digits.idx import NUM_CLASSES, IdxError, read_pair
+from digits.lib.cli import stage_main
+from digits.lib.config import DataConfig, load_params
+from digits.lib.data import Split, save_split
+from digits.lib.idx import NUM_CLASSES, IdxError, read_pair
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def make_splits(
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: `python -m digits.preprocess --raw data/raw --out data/processed`."""
+    """CLI: `python -m digits.stages.preprocess --raw data/raw --out data/processed`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--raw", type=Path, required=True, help="folder of the four IDX files")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from digits import PipelineError
-from digits.cli import stage_main
+from digits.lib.cli import stage_main
 
 SIDE = 28  # MNIST images are 28x28 ...
 BOX = 20  # ... with the ink fitted into a 20x20 box
@@ -229,8 +229,8 @@ def load_predictor(model: str, params: Path = Path("params.yaml")) -> Predictor:
     if is_model_uri(model):
         import mlflow
 
-        from digits import tracking
-        from digits.config import MLflowConfig, load_params
+        from digits.lib import tracking
+        from digits.lib.config import MLflowConfig, load_params
 
         if params.exists() or not os.environ.get("MLFLOW_TRACKING_URI"):
             cfg = load_params(params).mlflow
@@ -291,11 +291,11 @@ def predict(predictor: Predictor, rows: Sequence[tuple[str, np.ndarray]], k: int
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: `python -m digits.predict FILE... [--model PATH_OR_URI] [--top 3]`; exits 1 when
+    """CLI: `python -m digits.tools.predict FILE... [--model PATH_OR_URI] [--top 3]`; exits 1 when
     any file could not be predicted (each named on stderr), 2 on usage errors."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Example: python -m digits.predict seven.png scan.jpg batch.npy "
+        epilog="Example: python -m digits.tools.predict seven.png scan.jpg batch.npy "
         "--model models:/mnist-digits@champion",
     )
     parser.add_argument(

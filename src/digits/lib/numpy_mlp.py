@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from digits.config import NumpyMLPConfig, TrainConfig
+from digits.lib.config import NumpyMLPConfig, TrainConfig
 
 if TYPE_CHECKING:
     import keras
 
-    from digits.data import Split
+    from digits.lib.data import Split
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -156,7 +156,7 @@ def fit(
     `train.epochs`, `train.seed`), early stopping on `train.monitor` like the Keras models;
     Keras callbacks get the epoch and batch events. Returns the Keras export and the per-epoch
     logs (Keras names)."""
-    from digits.training import METRIC_TO_KERAS, TrainingDiverged
+    from digits.lib.training import METRIC_TO_KERAS, TrainingDiverged
 
     rng = np.random.default_rng(train_cfg.seed)
     net = Network.initialised([train.x.shape[1], *cfg.hidden, train.y.shape[1]], rng)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.files import atomic_path
+from digits.lib.files import atomic_path
 
 SPLITS = ("train", "val", "test")
 

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from digits import PipelineError
-from digits.cli import stage_main
-from digits.config import DownloadConfig, load_params
-from digits.files import atomic_path
+from digits.lib.cli import stage_main
+from digits.lib.config import DownloadConfig, load_params
+from digits.lib.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def download(cfg: DownloadConfig, out_dir: Path, env: dict[str, str] | None = No
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: `python -m digits.download --params params.yaml --out data/raw`."""
+    """CLI: `python -m digits.stages.download --params params.yaml --out data/raw`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="folder for the IDX files")

@@ -1,7 +1,7 @@
 """`make ladder`: the course notes' classic configurations as DVC experiments on real MNIST.
 
-    python -m digits.ladder [--rungs bench/ladder.yaml] [--only NAME ...] [--out reports/ladder.md]
-    python -m digits.ladder --render    # rewrite reports/ladder.md from reports/ladder.json
+    python -m digits.tools.ladder [--rungs bench/ladder.yaml] [--only NAME ...]
+    python -m digits.tools.ladder --render    # rewrite reports/ladder.md from reports/ladder.json
 
 Each rung of `bench/ladder.yaml` is `dvc exp run --temp` with its `-S` settings on top of
 `params.yaml` (train, evaluate and report forced to run, so times are measured, not restored
@@ -27,9 +27,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from digits.cli import stage_main
-from digits.config import Params, ParamsError, load_params
-from digits.files import write_text
+from digits.lib.cli import stage_main
+from digits.lib.config import Params, ParamsError, load_params
+from digits.lib.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     wanted = [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
     selected = [] if args.render else wanted
     if selected:
-        from digits import tracking
+        from digits.lib import tracking
 
         tracking.setup(params.mlflow, tracking.project_root(args.params))
     for number, rung in enumerate(selected, 1):

@@ -1,8 +1,8 @@
 """`make sweep`: an Optuna study over `sweep.space`, each trial a nested MLflow run.
 
-    python -m digits.sweep run [--workers N] [--n-trials N] [--timeout S] [--study S] [--storage U]
-    python -m digits.sweep promote      # the best trial's settings into params.yaml
-    python -m digits.sweep storage      # print the storage URL (for optuna-dashboard)
+    python -m digits.tools.sweep run [--workers N] [--n-trials N] [--timeout S] [--study S]
+    python -m digits.tools.sweep promote      # the best trial's settings into params.yaml
+    python -m digits.tools.sweep storage      # print the storage URL (for optuna-dashboard)
 
 `run` opens one parent MLflow run, starts N worker processes on the same study (each trial:
 `params.yaml` + `sweep.fixed` + sampled `sweep.space`, trained by the same code as the `train`
@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from digits.cli import stage_main
-from digits.config import Dimension, Params, ParamsError, SweepConfig, load_params, parse_params
-from digits.files import atomic_path, write_text
+from digits.lib.cli import stage_main
+from digits.lib.config import Dimension, Params, ParamsError, SweepConfig, load_params, parse_params
+from digits.lib.files import atomic_path, write_text
 
 if TYPE_CHECKING:
     import keras
     import optuna
 
-    from digits.data import Split
+    from digits.lib.data import Split
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,8 @@ class Objective:
         import mlflow
         import optuna
 
-        from digits import tracking
-        from digits.training import fit_logged
+        from digits.lib import tracking
+        from digits.lib.training import fit_logged
 
         trial.set_user_attr("worker", tracking.process_id())  # first: who owns this trial
         self.interruption.check()
@@ -270,8 +270,8 @@ def work(params: Params, args: argparse.Namespace) -> None:
     ones in flight), the deadline passes, or this worker saw `n_trials` of its trials fail."""
     import optuna
 
-    from digits import tracking
-    from digits.data import load_splits
+    from digits.lib import tracking
+    from digits.lib.data import load_splits
 
     interruption = Interruption()
     interruption.install()
@@ -314,7 +314,7 @@ def fail_orphans(study: optuna.Study, dead: set[str] | None = None) -> list[int]
     import optuna
     from optuna.trial import TrialState
 
-    from digits.tracking import process_gone
+    from digits.lib.tracking import process_gone
 
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -404,7 +404,7 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    from digits import plots
+    from digits.lib import plots
 
     written = []
     makers = {
@@ -469,7 +469,7 @@ def write_results(study: optuna.Study, out: Path, epochs_per_trial: int) -> dict
 
 def worker_command(args: argparse.Namespace, parent: str, seed: int) -> list[str]:
     """The command line of one worker process (the storage URL goes in its environment)."""
-    command = [sys.executable, "-m", "digits.sweep", "--params", str(args.params), "worker"]
+    command = [sys.executable, "-m", "digits.tools.sweep", "--params", str(args.params), "worker"]
     command += ["--study", args.study, "--data", str(args.data)]
     command += ["--parent-run-id", parent, "--seed", str(seed), "--n-trials", str(args.n_trials)]
     if args.timeout:
@@ -483,7 +483,7 @@ def run_workers(
     """Start the workers and wait for them, calling `on_exit(worker id, exit code)` as each one
     ends (at once, so a killed worker's trial is freed while the others work on); Ctrl-C or
     SIGTERM is passed on to each as SIGINT. Returns {worker id: exit code}."""
-    from digits.tracking import process_id
+    from digits.lib.tracking import process_id
 
     env = {
         **os.environ,
@@ -517,8 +517,8 @@ def sweep(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     """Run the sweep; returns its summary (also in `args.out` and the parent MLflow run)."""
     import mlflow
 
-    from digits import tracking
-    from digits.config import flatten
+    from digits.lib import tracking
+    from digits.lib.config import flatten
 
     assert params.sweep is not None
     root = tracking.project_root(args.params)
@@ -658,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.n_trials = cfg.n_trials
     if args.command == "run" and args.timeout is None:
         args.timeout = cfg.timeout
-    from digits import tracking
+    from digits.lib import tracking
 
     root = tracking.project_root(args.params)
     url = storage_url(cfg, root, args.storage)

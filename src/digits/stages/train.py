@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from digits.cli import stage_main
-from digits.config import Params, load_params
-from digits.data import Split, file_digest, load_splits
-from digits.files import atomic_path, write_json, write_text
+from digits.lib.cli import stage_main
+from digits.lib.config import Params, load_params
+from digits.lib.data import Split, file_digest, load_splits
+from digits.lib.files import atomic_path, write_json, write_text
 
 if TYPE_CHECKING:
     import keras
@@ -42,8 +42,8 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
     the model. (Figures, the learning curves among them, are `evaluate`'s.)"""
     import mlflow
 
-    from digits import tracking
-    from digits.training import fit_logged
+    from digits.lib import tracking
+    from digits.lib.training import fit_logged
 
     digest = file_digest(data_path / "train.npz", data_path / "val.npz")
     with tracking.tracked_run(run_name=os.environ.get("DVC_EXP_NAME")) as run:
@@ -57,7 +57,7 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: `python -m digits.train --data data/processed --model models/model.keras ...`."""
+    """CLI: `python -m digits.stages.train --data data/processed --model models/model.keras ...`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, required=True, help="folder with train/val .npz")
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
-    from digits import tracking
+    from digits.lib import tracking
 
     root = tracking.project_root(args.params)
     experiment_id = tracking.setup(params.mlflow, root)

@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from digits.cli import stage_main
-from digits.config import load_params, run_params
-from digits.files import write_text
+from digits.lib.cli import stage_main
+from digits.lib.config import load_params, run_params
+from digits.lib.files import write_text
 
 FIGURES = (
     ("Learning curves", "learning_curves"),
@@ -68,7 +68,7 @@ def render(
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: `python -m digits.report --metrics ... --figures ... --out reports/report.md`."""
+    """CLI: `python -m digits.stages.report --metrics ... --figures ... --out reports/report.md`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--metrics", type=Path, required=True)

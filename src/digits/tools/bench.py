@@ -1,7 +1,7 @@
 """`make bench`: what the pipeline costs over plain Keras, and what pruning buys a sweep.
 
-    python -m digits.bench overhead [--repeats 4]     # train stage vs bench/bare_keras.py
-    python -m digits.bench sweep [--workers 2]        # TPE + pruning vs random, no pruning
+    python -m digits.tools.bench overhead [--repeats 4]     # train stage vs bench/bare_keras.py
+    python -m digits.tools.bench sweep [--workers 2]        # TPE + pruning vs random, no pruning
 
 Real data (`data/processed`, `make repro` first). Results: `reports/bench/*.json` and `.md`.
 """
@@ -24,9 +24,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from digits.cli import stage_main
-from digits.config import load_params
-from digits.files import write_text
+from digits.lib.cli import stage_main
+from digits.lib.config import load_params
+from digits.lib.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,15 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 def stage_command(params: Path, data: Path, out: Path) -> list[str]:
     """The train stage's command line (as in dvc.yaml), writing into `out`."""
-    command = [sys.executable, "-m", "digits.train", "--params", str(params), "--data", str(data)]
+    command = [
+        sys.executable,
+        "-m",
+        "digits.stages.train",
+        "--params",
+        str(params),
+        "--data",
+        str(data),
+    ]
     command += ["--model", str(out / "model.keras"), "--run-info", str(out / "run.json")]
     return [*command, "--metrics", str(out / "train_metrics.json"), "--history", str(out / "h.csv")]
 
@@ -66,7 +74,7 @@ def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
         # the stage logs to a throw-away MLflow store, created here before any timing
-        from digits import tracking
+        from digits.lib import tracking
 
         tracking.setup(load_params(params).mlflow, out)
         env = {**os.environ, "DVC_ROOT": str(out), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -94,7 +102,7 @@ def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any
                 [
                     sys.executable,
                     "-m",
-                    "digits.preprocess",
+                    "digits.stages.preprocess",
                     "--params",
                     str(params),
                     "--raw",
@@ -190,8 +198,8 @@ def to_target(trials: Sequence[Any], target: float) -> dict[str, Any]:
 
 def sweep_variant(params: Path, name: str, workers: int, n_trials: int) -> dict[str, Any]:
     """Run (or resume) the study `bench-<name>` with the variant's sampler and pruner."""
-    from digits import sweep
-    from digits.config import load_params as load
+    from digits.lib.config import load_params as load
+    from digits.tools import sweep
 
     root = params.resolve().parent
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
@@ -200,7 +208,7 @@ def sweep_variant(params: Path, name: str, workers: int, n_trials: int) -> dict[
         sweep.promote(variant, {**VARIANTS[name], "sweep.study": f"bench-{name}"})
         out = root / "reports" / "bench" / f"sweep-{name}"
         env = {**os.environ, "DVC_ROOT": str(root)}
-        command = [sys.executable, "-m", "digits.sweep", "--params", str(variant), "run"]
+        command = [sys.executable, "-m", "digits.tools.sweep", "--params", str(variant), "run"]
         command += ["--workers", str(workers), "--n-trials", str(n_trials), "--out", str(out)]
         started = time.perf_counter()
         subprocess.run(command, env=env, check=True)

@@ -26,7 +26,7 @@ import mlflow
 import pandas as pd
 
 from digits import PipelineError
-from digits.config import MLflowConfig
+from digits.lib.config import MLflowConfig
 
 if TYPE_CHECKING:
     import keras

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from digits.files import atomic_path
+from digits.lib.files import atomic_path
 
 
 def save(fig: Figure, path: Path) -> None:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from digits import PipelineError
-from digits.config import ModelConfig, Params, TrainConfig, run_params
-from digits.data import Split
-from digits.tracking import KERAS_TO_METRIC, history_frame
+from digits.lib.config import ModelConfig, Params, TrainConfig, run_params
+from digits.lib.data import Split
+from digits.lib.tracking import KERAS_TO_METRIC, history_frame
 
 METRIC_TO_KERAS = {v: k for k, v in KERAS_TO_METRIC.items()}
 
@@ -46,10 +46,10 @@ def fit(
     is on) and the per-epoch history in the metric vocabulary."""
     import keras
 
-    from digits.models import build_model, compile_model
+    from digits.lib.models import build_model, compile_model
 
     if model_cfg.type == "numpy_mlp":
-        from digits import numpy_mlp
+        from digits.lib import numpy_mlp
 
         model, logs = numpy_mlp.fit(
             model_cfg.numpy_mlp,
@@ -108,7 +108,7 @@ def fit_logged(
     and a summary of the selected (restored) model; returns the model, history and summary."""
     import mlflow
 
-    from digits.tracking import epoch_logger
+    from digits.lib.tracking import epoch_logger
 
     mlflow.log_params(run_params(params))
     logger = epoch_logger()  # imports Keras, and so TensorFlow (~9 s): not part of the fit
