@@ -26,8 +26,8 @@ setup: $(BIN)/.installed ## Create .venv and install the pinned dependencies (ab
 repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluate -> report
 	dvc repro
 
-test: setup ## Run the test suite (synthetic data, no network; a few minutes)
-	pytest
+test: setup ## Run the test suite on every core (synthetic data, no network; ~3 min on 2 cores)
+	pytest -n auto --dist loadgroup --durations=15
 
 test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIST_MIRROR)
 	pytest -m ''

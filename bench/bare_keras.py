@@ -1,5 +1,8 @@
 """The default model of params.yaml trained by plain Keras: no DVC, MLflow or project code.
 
+It takes one name from the project, the Keras name of `train.monitor` (`digits.lib.vocab`,
+which imports nothing), so metric names are translated in one place.
+
 The yardstick of `make bench` (overhead): the same arrays, model, optimizer, callbacks, epochs,
 batch size and batches per call into TensorFlow as the train stage, so the wall-time difference
 is what the pipeline adds. Only the MLP family is reproduced here.
@@ -15,6 +18,8 @@ import time
 import keras
 import numpy as np
 import yaml
+
+from digits.lib.vocab import keras_name
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--params", default="params.yaml")
@@ -49,7 +54,7 @@ model.compile(
     metrics=["accuracy"],
     steps_per_execution=32,  # as the pipeline's compile (digits.lib.models.STEPS_PER_EXECUTION)
 )
-monitor = train["monitor"].replace("val/", "val_")
+monitor = keras_name(train["monitor"])
 callbacks = [keras.callbacks.TerminateOnNaN()]
 if train["patience"]:
     callbacks.append(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digits.lib.config import parse_params
+from digits.lib.config import parse_params, set_dotted
 from digits.lib.data import Split
 from digits.stages.preprocess import one_hot, to_features
 
@@ -30,11 +30,7 @@ def params_with(**sections):
     raw = real_params()
     for section, values in sections.items():
         for key, value in values.items():
-            target = raw[section]
-            *path, leaf = key.split(".")
-            for part in path:
-                target = target[part]
-            target[leaf] = value
+            set_dotted(raw, f"{section}.{key}", value)
     return parse_params(raw)
 
 

@@ -126,10 +126,10 @@ def test_the_train_stage_tracks_it_like_a_keras_model(
 ) -> None:
     import mlflow
 
-    from digits.lib import tracking
+    from digits.lib.tracking import runs
     from digits.stages.train import train
 
-    tracking.setup(MLflowConfig(), tmp_path)
+    runs.setup(MLflowConfig(), tmp_path)
     try:
         result = train(params, splits["train"], splits["val"], processed, tmp_path)
         run = mlflow.get_run(result.run_id)

@@ -17,6 +17,7 @@ import yaml
 from conftest import ROOT, real_params, shrink
 
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.xdist_group("pipeline")  # one worker: the tests share one project
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -135,6 +136,18 @@ def test_second_repro_runs_nothing_and_train_param_reruns_only_downstream(projec
     )
     assert sorted(r.data.params["train.learning_rate"] for r in runs) == ["0.001", "0.002"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_registry_setting_reruns_evaluate_and_report_not_train(project) -> None:
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["mlflow"]["champion_alias"] = "best"
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    changed = run([str(BIN / "dvc"), "repro"], root, env)
+    assert stages_run(changed) == {"evaluate", "report"}
+    registry = json.loads((root / "reports/registry.json").read_text())
+    assert registry["alias"] == "best" and registry["champion"] is True
+    assert "@best" in (root / "reports/report.md").read_text()
 
 
 def test_kill_9_during_train_then_repro_recovers(project) -> None:

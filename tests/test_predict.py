@@ -354,7 +354,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys) -> None:
 def test_help_is_quick_and_imports_no_tensorflow() -> None:
     code = (
         "import sys\n"
-        "from digits import predict\n"
+        "from digits.tools import predict\n"
         "try:\n"
         "    predict.main(['--help'])\n"
         "except SystemExit:\n"
@@ -384,13 +384,13 @@ def test_mlflow_model_uris(
     import keras
     import mlflow
 
-    from digits.lib import tracking
     from digits.lib.config import MLflowConfig
+    from digits.lib.tracking import logged_model, runs
 
-    tracking.setup(MLflowConfig(), mlflow_store)
+    runs.setup(MLflowConfig(), mlflow_store)
     x, _ = training_digits(5, seed=4)
-    with tracking.tracked_run() as run_:
-        tracking.log_keras_model(keras.saving.load_model(model_file), x)
+    with runs.tracked_run() as run_:
+        logged_model.log_keras_model(keras.saving.load_model(model_file), x)
     run_id = run_.info.run_id
     version = mlflow.register_model(f"runs:/{run_id}/model", "digits-test").version
     mlflow.MlflowClient().set_registered_model_alias("digits-test", "champion", version)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digits.lib import tracking
 from digits.lib.config import MLflowConfig
+from digits.lib.tracking import logged_model, registry, runs
 
 from conftest import free_port, stage_env
 
@@ -26,12 +26,12 @@ BIN = Path(sys.executable).parent
 def store(tmp_path: Path):
     import mlflow
 
-    tracking.setup(MLflowConfig(), tmp_path)
+    runs.setup(MLflowConfig(), tmp_path)
     yield tmp_path
     mlflow.set_tracking_uri(None)
 
 
-def logged_model(splits, epochs: int) -> tuple[str, float]:
+def trained_uri(splits, epochs: int) -> tuple[str, float]:
     """A small MLP trained for `epochs` (0: untrained), logged in a run with its test accuracy
     like `train` + `evaluate` do; returns (model URI, test accuracy)."""
     import keras
@@ -49,8 +49,8 @@ def logged_model(splits, epochs: int) -> tuple[str, float]:
     if epochs:
         model.fit(splits["train"].x, splits["train"].y, epochs=epochs, verbose=0)
     accuracy = float(model.evaluate(splits["test"].x, splits["test"].y, verbose=0)[1])
-    with tracking.tracked_run():
-        uri = tracking.log_keras_model(model, splits["test"].x[:5])
+    with runs.tracked_run():
+        uri = logged_model.log_keras_model(model, splits["test"].x[:5])
         mlflow.log_metric("test/accuracy", accuracy)
     return uri, accuracy
 
@@ -67,22 +67,22 @@ def test_champion_alias_moves_only_to_a_better_model(store, splits) -> None:
 
     cfg = MLflowConfig()
     client = MlflowClient()
-    good_uri, good = logged_model(splits, epochs=5)
-    first = tracking.register(good_uri, good, cfg)
+    good_uri, good = trained_uri(splits, epochs=5)
+    first = registry.register(good_uri, good, cfg)
     assert (first.version, first.champion, first.previous) == ("1", True, None)
 
-    bad_uri, bad = logged_model(splits, epochs=0)
+    bad_uri, bad = trained_uri(splits, epochs=0)
     assert bad < good
-    second = tracking.register(bad_uri, bad, cfg)
+    second = registry.register(bad_uri, bad, cfg)
     assert (second.version, second.champion) == ("2", False)
     assert second.previous_accuracy == pytest.approx(good)
     champion = client.get_model_version_by_alias(cfg.registered_model, cfg.champion_alias)
     assert str(champion.version) == "1"
     assert float(champion.tags["test_accuracy"]) == good
 
-    tie = tracking.register(good_uri, good, cfg)  # equal is not better
+    tie = registry.register(good_uri, good, cfg)  # equal is not better
     assert not tie.champion
-    better = tracking.register(bad_uri, good + 0.01, cfg)  # as if it had scored higher
+    better = registry.register(bad_uri, good + 0.01, cfg)  # as if it had scored higher
     assert better.champion and better.previous == "1"
     champion = client.get_model_version_by_alias(cfg.registered_model, cfg.champion_alias)
     assert str(champion.version) == better.version == "4"
@@ -91,8 +91,8 @@ def test_champion_alias_moves_only_to_a_better_model(store, splits) -> None:
 def test_mlflow_models_serve_answers_for_the_champion(store, splits) -> None:
     import mlflow
 
-    uri, accuracy = logged_model(splits, epochs=5)
-    tracking.register(uri, accuracy, MLflowConfig())
+    uri, accuracy = trained_uri(splits, epochs=5)
+    registry.register(uri, accuracy, MLflowConfig())
     port = free_port()
     uri = mlflow.get_tracking_uri()
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/mnist-digits@champion"]

@@ -14,8 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
-from digits.lib.config import parse_params
-from digits.tools import sweep
+from digits.lib.config import edit_params, flatten, parse_params
+from digits.tools.sweep.study import (
+    DEFAULT_JOURNAL,
+    FINISHED,
+    count_trials,
+    open_study,
+    storage_url,
+)
 
 from conftest import ROOT, drop_database, postgres_database, stage_env
 
@@ -28,7 +34,7 @@ def project(tmp_path: Path, small_params: dict[str, Any]) -> Path:
     them): MLflow store and journal storage land here."""
     text = (ROOT / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text)
-    sweep.promote(tmp_path / "params.yaml", _flat(small_params))
+    edit_params(tmp_path / "params.yaml", _flat(small_params))
     return tmp_path
 
 
@@ -64,8 +70,8 @@ def load(project: Path, storage: str | None = None):
     from digits.lib.config import load_params
 
     params = load_params(project / "params.yaml")
-    url = sweep.storage_url(params.sweep, project, storage)
-    return sweep.open_study(params, url, params.sweep.study, 0)
+    url = storage_url(params.sweep, project, storage)
+    return open_study(params, url, params.sweep.study, 0)
 
 
 def client(project: Path):
@@ -88,7 +94,7 @@ def check_two_worker_sweep(project: Path, data: Path, storage: str | None = None
     extra = ["--storage", storage] if storage else []
     output = run_sweep(project, data, "--workers", "2", "--n-trials", "4", *extra)
     study = load(project, storage)
-    counts = sweep.count_trials(study)
+    counts = count_trials(study)
     # two workers can both start the last trial in the same instant: at most one extra
     assert 4 <= counts.finished <= 5, output
     assert counts.running == 0
@@ -130,7 +136,7 @@ def check_two_worker_sweep(project: Path, data: Path, storage: str | None = None
 
 def test_two_workers_record_every_trial_as_a_nested_run(project: Path, processed: Path) -> None:
     check_two_worker_sweep(project, processed)
-    assert (project / sweep.DEFAULT_JOURNAL).is_file()
+    assert (project / DEFAULT_JOURNAL).is_file()
 
 
 def test_bad_trial_is_pruned_failing_trial_does_not_stop_the_sweep(
@@ -144,7 +150,7 @@ def test_bad_trial_is_pruned_failing_trial_does_not_stop_the_sweep(
     output = run_sweep(project, processed, "--n-trials", "3")
     states = [t.state.name for t in load(project).trials]
     assert states[:3] == ["COMPLETE", "PRUNED", "FAIL"], output
-    assert len(states) == 4 and states[3] in sweep.FINISHED, "the sweep went on after the failure"
+    assert len(states) == 4 and states[3] in FINISHED, "the sweep went on after the failure"
     _, children = sweep_runs(project)
     failed = [c for c in children if c.data.tags["optuna.state"] == "FAIL"]
     assert [c.info.status for c in failed] == ["FAILED"], output
@@ -155,7 +161,7 @@ def test_resume_continues_the_study(project: Path, processed: Path) -> None:
     run_sweep(project, processed, "--n-trials", "2")
     run_sweep(project, processed, "--n-trials", "3")
     study = load(project)
-    assert sweep.count_trials(study).finished == 3
+    assert count_trials(study).finished == 3
     assert [t.number for t in study.trials] == [0, 1, 2]
     output = run_sweep(project, processed, "--n-trials", "3")
     assert "nothing to run" in output
@@ -166,7 +172,7 @@ def test_resume_continues_the_study(project: Path, processed: Path) -> None:
 def start_slow_sweep(project: Path, data: Path, **popen: Any) -> tuple[subprocess.Popen, Any]:
     """`make sweep` with two workers and 40-epoch trials; returns it and its first trial once
     that trial is RUNNING with its MLflow run open."""
-    sweep.promote(
+    edit_params(
         project / "params.yaml",
         {"sweep.fixed": {"model.type": "mlp", "train.epochs": 40, "train.monitor": "val/accuracy"}},
     )
@@ -191,7 +197,7 @@ def start_slow_sweep(project: Path, data: Path, **popen: Any) -> tuple[subproces
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.3)
-        if not (project / sweep.DEFAULT_JOURNAL).exists():
+        if not (project / DEFAULT_JOURNAL).exists():
             continue
         for trial in load(project).trials:
             if trial.state.name == "RUNNING" and "mlflow_run_id" in trial.user_attrs:
@@ -207,12 +213,12 @@ def test_killed_worker_trial_ends_fail_and_the_others_go_on(project: Path, proce
     assert proc.returncode == 0, output
     study = load(project)
     assert study.trials[victim.number].state.name == "FAIL"
-    assert sweep.count_trials(study).finished >= 3, output
+    assert count_trials(study).finished >= 3, output
     numbers = [t.number for t in study.trials]
     assert numbers == list(range(len(numbers))), "no trial counted twice"
     run = client(project).get_run(victim.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
-    assert run.data.tags["failure_reason"] == "worker process died"
+    assert run.data.tags["failure_reason"] == "process died (killed or crashed)"
 
 
 def test_ctrl_c_ends_trials_fail_and_runs_killed_then_resumes(
@@ -224,7 +230,7 @@ def test_ctrl_c_ends_trials_fail_and_runs_killed_then_resumes(
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, output
     study = load(project)
-    assert sweep.count_trials(study).running == 0, output
+    assert count_trials(study).running == 0, output
     interrupted = [t for t in study.trials if t.state.name == "FAIL"]
     assert interrupted, output
     parents, children = sweep_runs(project)
@@ -258,12 +264,9 @@ def test_promote_round_trips_into_params_and_retrains_the_same(
     text = (project / "params.yaml").read_text()
     assert "# softmax | mlp | cnn" in text, "comments kept"
     params = load_params(project / "params.yaml")
+    settings = flatten(params.model_dump())
     for key, value in best.user_attrs["overrides"].items():
-        section, *rest = key.split(".")
-        node: Any = getattr(params, section)
-        for part in rest:
-            node = getattr(node, part)
-        assert node == value, key
+        assert settings[key] == value, key
 
     import mlflow
 
@@ -301,7 +304,7 @@ def pg_storage() -> Any:
 
 def test_two_workers_on_postgresql(project: Path, processed: Path, pg_storage: str) -> None:
     check_two_worker_sweep(project, processed, pg_storage)
-    assert not (project / sweep.DEFAULT_JOURNAL).exists()
+    assert not (project / DEFAULT_JOURNAL).exists()
 
 
 def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str) -> None:
@@ -310,9 +313,9 @@ def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str
 
     from digits.lib.config import load_params
 
-    sweep.promote(project / "params.yaml", {"sweep.heartbeat": 1})
+    edit_params(project / "params.yaml", {"sweep.heartbeat": 1})
     params = load_params(project / "params.yaml")
-    study = sweep.open_study(params, pg_storage, "hb", 0)
+    study = open_study(params, pg_storage, "hb", 0)
     trial = study.ask()
     study._storage.record_heartbeat(trial._trial_id)
     trial.set_user_attr("worker", "elsewhere:1")

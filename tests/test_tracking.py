@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digits.lib import tracking
 from digits.lib.config import MLflowConfig
+from digits.lib.tracking import runs
 
 from conftest import real_params, shrink, stage_env
 
@@ -23,7 +23,7 @@ BIN = Path(sys.executable).parent
 def store(tmp_path: Path):
     import mlflow
 
-    tracking.setup(MLflowConfig(), tmp_path)
+    runs.setup(MLflowConfig(), tmp_path)
     yield mlflow.MlflowClient()
     mlflow.set_tracking_uri(None)
 
@@ -35,13 +35,13 @@ def only_run(client):
 
 
 def test_finished(store) -> None:
-    with tracking.tracked_run():
+    with runs.tracked_run():
         pass
     assert only_run(store).info.status == "FINISHED"
 
 
 def test_exception_ends_failed_with_reason(store) -> None:
-    with pytest.raises(ValueError), tracking.tracked_run():
+    with pytest.raises(ValueError), runs.tracked_run():
         raise ValueError("boom")
     run = only_run(store)
     assert run.info.status == "FAILED"
@@ -49,7 +49,7 @@ def test_exception_ends_failed_with_reason(store) -> None:
 
 
 def test_keyboard_interrupt_ends_killed(store) -> None:
-    with pytest.raises(KeyboardInterrupt), tracking.tracked_run():
+    with pytest.raises(KeyboardInterrupt), runs.tracked_run():
         raise KeyboardInterrupt
     run = only_run(store)
     assert run.info.status == "KILLED"

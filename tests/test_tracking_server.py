@@ -79,7 +79,8 @@ def test_stages_log_to_a_postgresql_backed_server(
         ["--data", str(processed), "--model", "models/model.keras", "--run-info",
          "models/run.json", "--history", "reports/history.csv", "--metrics",
          "reports/metrics.json", "--confusion",
-         "reports/confusion.csv", "--per-class", "reports/per_class.csv", "--figures", "figs"],
+         "reports/confusion.csv", "--per-class", "reports/per_class.csv", "--figures", "figs",
+         "--registry", "reports/registry.json"],
         tmp_path,
         tracking_server,
     )  # fmt: skip

@@ -6,6 +6,7 @@ second with one message that lists every problem.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -61,7 +62,7 @@ class MLPConfig(Strict):
     depth: int = Field(default=2, ge=0, le=16)
     width: Annotated[int, Field(gt=0)] | list[Annotated[int, Field(gt=0)]] = 512
     activation: Activation = "relu"
-    dropout: Probability = 0.2
+    dropout: Probability = 0.3
     batch_norm: bool = False
 
     @model_validator(mode="after")
@@ -134,11 +135,11 @@ class TrainConfig(Strict):
     optimizer: OptimizerName = "adam"
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     batch_size: int = Field(default=128, gt=0)
-    epochs: int = Field(default=20, gt=0)
-    monitor: Literal["val/loss", "val/accuracy"] = "val/loss"
-    patience: int = Field(default=5, ge=0)
+    epochs: int = Field(default=25, gt=0)
+    monitor: Literal["val/loss", "val/accuracy"] = "val/accuracy"
+    patience: int = Field(default=10, ge=0)
     seed: int = 42
 
 
@@ -188,9 +189,9 @@ class SweepConfig(Strict):
     seed: int = 42
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(default=5, ge=0)  # trials before the median pruner prunes
-    warmup_epochs: int = Field(default=2, ge=0)  # epochs every trial runs before it can be pruned
+    warmup_epochs: int = Field(default=3, ge=0)  # epochs every trial runs before it can be pruned
     heartbeat: float = Field(default=30.0, gt=0)  # seconds; stale-trial detection, RDB storages
-    fixed: dict[str, Any] = {}  # the same for every trial, e.g. `train.epochs: 15`
+    fixed: dict[str, Any]  # the same for every trial, e.g. `train.epochs: 15`
     space: dict[str, Dimension] = Field(min_length=1)
 
 
@@ -244,19 +245,11 @@ class Params(Strict):
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
 
-    def with_overrides(self, overrides: dict[str, Any]) -> Params:
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Params:
         """A copy with dotted keys (`train.learning_rate`) replaced, validated like the file."""
         tree = self.model_dump()
         for key, value in overrides.items():
-            *parents, leaf = key.split(".")
-            node = tree
-            for part in parents:
-                if not isinstance(node.get(part), dict):
-                    raise ParamsError(f"{key}: no such setting")
-                node = node[part]
-            if leaf not in node:
-                raise ParamsError(f"{key}: no such setting")
-            node[leaf] = value
+            set_dotted(tree, key, value)
         return parse_params(tree, "overrides")
 
 
@@ -323,12 +316,60 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw, str(path))
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def set_dotted(tree: MutableMapping[str, Any], key: str, value: Any, create: bool = False) -> None:
+    """Set `a.b.c` in a nested mapping (a dict or a ruamel document); a missing key is a
+    ParamsError unless `create` makes the sections and the key."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        if create:
+            node = node.setdefault(part, {})
+        elif isinstance(node.get(part), MutableMapping):
+            node = node[part]
+        else:
+            raise ParamsError(f"{key}: no such setting")
+    if leaf not in node and not create:
+        raise ParamsError(f"{key}: no such setting")
+    node[leaf] = value
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{'a.b': 1} -> {'a': {'b': 1}}."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        set_dotted(tree, key, value, create=True)
+    return tree
+
+
+def edit_params(path: Path, overrides: Mapping[str, Any]) -> None:
+    """Write dotted-key settings into a params file, keeping its comments and layout. The
+    result is validated before it replaces the file; an unknown key changes nothing."""
+    from ruamel.yaml import YAML
+
+    from digits.lib.files import atomic_path
+
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096  # never wrap a line
+    yaml_rt.indent(mapping=2, sequence=4, offset=2)  # lists indented under their key
+    yaml_rt.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    document = yaml_rt.load(path.read_text())
+    for key, value in overrides.items():
+        set_dotted(document, key, value)
+    with atomic_path(path) as tmp:
+        with tmp.open("w") as f:
+            yaml_rt.dump(document, f)
+        parse_params(yaml.safe_load(tmp.read_text()), str(path))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> {'a.b.c': value}, the names MLflow and `dvc params diff` show."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = value

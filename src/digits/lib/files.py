@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a `kill -9`) sees the old file or the new one, never half."""
+"""Files: atomic writes (a reader, or a `kill -9`, sees the old file or the new one, never half)
+and the project root that relative paths are anchored at."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def project_root(params_path: Path) -> Path:
+    """The project's root: $DVC_ROOT, which DVC sets for every stage (and points at the main
+    workspace even for `dvc exp run --temp` and queued runs), else the folder of params.yaml."""
+    return Path(os.environ.get("DVC_ROOT") or params_path.resolve().parent)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -10,8 +10,8 @@ from digits.lib.idx import NUM_CLASSES
 if TYPE_CHECKING:
     import keras
 
-# Batches per TensorFlow call in `fit`: on 2 CPU cores, 32 trained the default MLP faster than
-# Keras's default of 1 (two in-process pairs: 13% and 30%), with identical results
+# Batches per TensorFlow call in `fit`: less Python between batches, the same updates in the
+# same order (BENCHMARKS.md has the gain)
 STEPS_PER_EXECUTION = 32
 
 # He initialisation suits the ReLU family; SELU needs LeCun normal to self-normalise.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from digits.lib.config import NumpyMLPConfig, TrainConfig
+from digits.lib.vocab import is_better, keras_name
 
 if TYPE_CHECKING:
     import keras
@@ -156,15 +157,12 @@ def fit(
     `train.epochs`, `train.seed`), early stopping on `train.monitor` like the Keras models;
     Keras callbacks get the epoch and batch events. Returns the Keras export and the per-epoch
     logs (Keras names)."""
-    from digits.lib.training import METRIC_TO_KERAS, TrainingDiverged
-
     rng = np.random.default_rng(train_cfg.seed)
     net = Network.initialised([train.x.shape[1], *cfg.hidden, train.y.shape[1]], rng)
     model = to_keras(net)
     for callback in callbacks:
         callback.set_model(model)
-    monitor = METRIC_TO_KERAS[train_cfg.monitor]
-    better = (lambda a, b: a > b) if monitor.endswith("accuracy") else (lambda a, b: a < b)
+    monitor = keras_name(train_cfg.monitor)
     best: tuple[float, Network] | None = None
     waited = 0
     history: list[dict[str, float]] = []
@@ -187,11 +185,11 @@ def fit(
                 flush=True,
             )
         if not math.isfinite(logs["loss"]):
-            raise TrainingDiverged(f"training cost became {logs['loss']} in epoch {epoch + 1}")
+            break  # like Keras' TerminateOnNaN: the caller reports the divergence
         model.set_weights([p for pair in zip(net.weights, net.biases, strict=True) for p in pair])
         for callback in callbacks:
             callback.on_epoch_end(epoch, dict(logs))
-        if best is None or better(logs[monitor], best[0]):
+        if best is None or is_better(train_cfg.monitor, logs[monitor], best[0]):
             best, waited = (logs[monitor], net.copy()), 0
         else:
             waited += 1

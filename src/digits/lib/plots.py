@@ -1,14 +1,13 @@
-"""The figures people look at: learning curves, confusion matrix, digit galleries, weights."""
+"""The figures people look at: learning curves, confusion matrix, digit galleries, weights.
+
+Built on `matplotlib.figure.Figure`, not pyplot: no backend, no display and no global figure
+list, so nothing happens at import and a stage on a desktop opens no window.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -24,13 +23,17 @@ def save(fig: Figure, path: Path) -> None:
 
 
 def close(fig: Figure) -> None:
-    """Release a figure's memory (pyplot keeps every open figure alive)."""
-    plt.close(fig)
+    """Release a figure that pyplot made (Optuna's plots): pyplot keeps those alive."""
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close(fig)
 
 
 def learning_curves(history: pd.DataFrame) -> Figure:
     """Loss and accuracy per epoch, train against validation."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             column = f"{split}/{metric}"
@@ -47,7 +50,8 @@ def confusion_heatmap(matrix: np.ndarray) -> Figure:
     """Counts of true (rows) against predicted (columns) digits."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
     ConfusionMatrixDisplay(matrix, display_labels=list(range(len(matrix)))).plot(
         ax=ax, cmap="Blues", colorbar=True, values_format="d"
     )
@@ -65,7 +69,8 @@ def digit_gallery(
 ) -> Figure:
     """A grid of digits captioned `true -> predicted (confidence)`."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.5), squeeze=False)
+    fig = Figure(figsize=(columns * 1.3, rows * 1.5))
+    axes = fig.subplots(rows, columns, squeeze=False)
     side = round(images.shape[1] ** 0.5) if images.ndim == 2 else images.shape[1]
     for ax in axes.flat:
         ax.axis("off")
@@ -82,7 +87,8 @@ def weight_images(kernel: np.ndarray) -> Figure:
     blue pushes it down."""
     side = round(kernel.shape[0] ** 0.5)
     limit = float(np.abs(kernel).max())
-    fig, axes = plt.subplots(1, kernel.shape[1], figsize=(kernel.shape[1] * 1.2, 1.6))
+    fig = Figure(figsize=(kernel.shape[1] * 1.2, 1.6))
+    axes = fig.subplots(1, kernel.shape[1])
     for digit, ax in enumerate(axes):
         ax.imshow(kernel[:, digit].reshape(side, side), cmap="seismic", vmin=-limit, vmax=limit)
         ax.set_title(str(digit))

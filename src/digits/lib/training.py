@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from digits import PipelineError
+from digits.lib import numpy_mlp
 from digits.lib.config import ModelConfig, Params, TrainConfig, run_params
 from digits.lib.data import Split
-from digits.lib.tracking import KERAS_TO_METRIC, history_frame
-
-METRIC_TO_KERAS = {v: k for k, v in KERAS_TO_METRIC.items()}
+from digits.lib.vocab import best_epoch, history_frame, keras_name, selected
 
 
 class TrainingDiverged(PipelineError):
@@ -49,8 +48,6 @@ def fit(
     from digits.lib.models import build_model, compile_model
 
     if model_cfg.type == "numpy_mlp":
-        from digits.lib import numpy_mlp
-
         model, logs = numpy_mlp.fit(
             model_cfg.numpy_mlp,
             train_cfg,
@@ -59,7 +56,7 @@ def fit(
             callbacks,
             verbose=1 if verbose is None else verbose,
         )
-        return model, history_frame({k: [epoch[k] for epoch in logs] for k in logs[0]})
+        return model, check_finite(history_frame({k: [e[k] for e in logs] for k in logs[0]}))
     keras.utils.set_random_seed(train_cfg.seed)
     steps = math.ceil(len(train) / train_cfg.batch_size)
     model = compile_model(build_model(model_cfg, image_shape(train.x.shape[1])), train_cfg, steps)
@@ -67,7 +64,7 @@ def fit(
     if train_cfg.patience:
         standard.append(
             keras.callbacks.EarlyStopping(
-                monitor=METRIC_TO_KERAS[train_cfg.monitor],
+                monitor=keras_name(train_cfg.monitor),
                 patience=train_cfg.patience,
                 restore_best_weights=True,
             )
@@ -81,20 +78,17 @@ def fit(
         callbacks=[*standard, *callbacks],
         verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
     )
-    frame = history_frame(history.history)
-    if not all(math.isfinite(v) for v in history.history["loss"]):
+    return model, check_finite(history_frame(history.history))
+
+
+def check_finite(history: pd.DataFrame) -> pd.DataFrame:
+    """The history, if its training loss stayed finite; else TrainingDiverged."""
+    if not all(math.isfinite(v) for v in history["train/loss"]):
         raise TrainingDiverged(
-            f"training loss became {frame['train/loss'].iloc[-1]} in epoch {len(frame)}; "
+            f"training loss became {history['train/loss'].iloc[-1]} in epoch {len(history)}; "
             "lower train.learning_rate or pick another optimizer"
         )
-    return model, frame
-
-
-def best_epoch(history: pd.DataFrame, monitor: str) -> int:
-    """The epoch (from 1) whose weights early stopping keeps."""
-    column = history[monitor]
-    row = column.idxmax() if monitor.endswith("accuracy") else column.idxmin()
-    return int(history["epoch"][row])
+    return history
 
 
 def fit_logged(
@@ -108,10 +102,10 @@ def fit_logged(
     and a summary of the selected (restored) model; returns the model, history and summary."""
     import mlflow
 
-    from digits.lib.tracking import epoch_logger
+    from digits.lib.tracking.runs import epoch_logger
 
     mlflow.log_params(run_params(params))
-    logger = epoch_logger()  # imports Keras, and so TensorFlow (~9 s): not part of the fit
+    logger = epoch_logger()  # imports Keras and TensorFlow, which is not part of the fit
     started = time.perf_counter()
     model, history = fit(params.model, params.train, train, val, [logger, *callbacks], verbose)
     seconds = time.perf_counter() - started
@@ -123,8 +117,8 @@ def fit_logged(
         "selected/epoch": (
             best_epoch(history, params.train.monitor) if params.train.patience else len(history)
         ),
-        "selected/val_loss": float(val_loss),
-        "selected/val_accuracy": float(val_accuracy),
+        selected("val/loss"): float(val_loss),
+        selected("val/accuracy"): float(val_accuracy),
     }
     mlflow.log_metrics(summary)
     mlflow.log_param("model.n_params", model.count_params())

@@ -137,7 +137,7 @@ def download(cfg: DownloadConfig, out_dir: Path, env: dict[str, str] | None = No
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: `python -m digits.stages.download --params params.yaml --out data/raw`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("--out", type=Path, required=True, help="folder for the IDX files")
     args = parser.parse_args(argv)
     download(load_params(args.params).download, args.out)

@@ -6,6 +6,7 @@ Writes DVC metrics and plots and the figures, and adds all of it to the training
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -19,11 +20,11 @@ import pandas as pd
 from digits.lib.cli import stage_main
 from digits.lib.config import load_params
 from digits.lib.data import load_split
-from digits.lib.files import write_json, write_text
+from digits.lib.files import project_root, write_json, write_text
 from digits.lib.idx import NUM_CLASSES
 
 if TYPE_CHECKING:
-    from digits.lib.tracking import Registration
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -123,22 +124,25 @@ def write_figures(
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: `python -m digits.stages.evaluate --data data/processed --model ...`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("--data", type=Path, required=True, help="folder with test.npz")
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True, help="the .keras model from train")
     parser.add_argument("--run-info", type=Path, required=True, help="JSON written by train")
     parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV from train")
     parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON")
     parser.add_argument("--confusion", type=Path, required=True, help="CSV for the DVC plot")
     parser.add_argument("--per-class", type=Path, required=True, help="per-digit scores CSV")
     parser.add_argument("--figures", type=Path, required=True, help="folder for the PNGs")
+    parser.add_argument(
+        "--registry", type=Path, required=True, help="JSON: the version and the alias decision"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
     import keras
     import mlflow
 
-    from digits.lib import tracking
+    from digits.lib.tracking import registry, runs
 
     test = load_split(args.data / "test.npz")
     history = pd.read_csv(args.history)
@@ -161,10 +165,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.figures, test.x, labels, probabilities, evaluation, kernel, history
     )
 
-    tracking.setup(params.mlflow, tracking.project_root(args.params))
+    runs.setup(params.mlflow, project_root(args.params))
     run_info = json.loads(args.run_info.read_text())
     run_id = run_info["run_id"]
-    with tracking.tracked_run(run_id=run_id):
+    with runs.tracked_run(run_id=run_id):
         mlflow.log_metrics(evaluation.metrics)
         for path in figures:
             mlflow.log_artifact(str(path), artifact_path="plots")
@@ -172,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         matrix.insert(0, "actual", range(NUM_CLASSES))
         mlflow.log_table(matrix, artifact_file="confusion_matrix.json")
         mlflow.log_table(evaluation.per_class, artifact_file="per_class.json")
-        registered = tracking.register(
+        registered = registry.register(
             run_info["model_uri"], evaluation.metrics["test/accuracy"], params.mlflow
         )
         mlflow.set_tags(
@@ -184,21 +188,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluation.metrics["test/errors"],
         run_id,
     )
-    log.info("%s", registration_line(registered, evaluation.metrics["test/accuracy"]))
-
-
-def registration_line(reg: Registration, accuracy: float) -> str:
-    """What happened in the registry, in one sentence."""
-    head = f"registered {reg.name} version {reg.version}"
-    uri = f"models:/{reg.name}@{reg.alias}"
-    if reg.previous is None:
-        return f"{head}: the first {reg.alias} ({uri})"
-    before = f"version {reg.previous}"
-    if reg.previous_accuracy is not None:
-        before += f" at {reg.previous_accuracy:.4f}"
-    if reg.champion:
-        return f"{head}: the new {reg.alias} ({uri}), beating {before}"
-    return f"{head}: {accuracy:.4f} does not beat the {reg.alias}, {before}; alias unchanged"
+    line = registry.registration_line(registered, evaluation.metrics["test/accuracy"])
+    write_json(args.registry, {**dataclasses.asdict(registered), "decision": line})
+    log.info("%s", line)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def make_splits(
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: `python -m digits.stages.preprocess --raw data/raw --out data/processed`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("--raw", type=Path, required=True, help="folder of the four IDX files")
     parser.add_argument("--out", type=Path, required=True, help="folder for {train,val,test}.npz")
     args = parser.parse_args(argv)

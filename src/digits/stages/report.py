@@ -41,8 +41,10 @@ def render(
     per_class: pd.DataFrame,
     images: dict[str, str],
     run_id: str,
+    registry: dict[str, Any] | None = None,
 ) -> str:
-    """The report's Markdown; `images` maps figure keys to paths relative to the report."""
+    """The report's Markdown; `images` maps figure keys to paths relative to the report;
+    `registry` is what `evaluate` did in the model registry."""
     accuracy = metrics["test/accuracy"]
     epochs, selected = train_metrics["train/epochs"], train_metrics["selected/epoch"]
     parts = [
@@ -60,6 +62,8 @@ def render(
         "## Per digit",
         _table(per_class.itertuples(index=False), per_class.columns),
     ]
+    if registry:
+        parts += ["## Model registry", registry["decision"] + "."]
     for title, key in FIGURES:
         if key in images:
             parts += [f"## {title}", f"![{title}]({images[key]})"]
@@ -70,13 +74,18 @@ def render(
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: `python -m digits.stages.report --metrics ... --figures ... --out reports/report.md`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--train-metrics", type=Path, required=True)
-    parser.add_argument("--per-class", type=Path, required=True)
-    parser.add_argument("--run-info", type=Path, required=True)
-    parser.add_argument("--figures", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--metrics", type=Path, required=True, help="test metrics (evaluate)")
+    parser.add_argument(
+        "--train-metrics", type=Path, required=True, help="training summary (train)"
+    )
+    parser.add_argument("--per-class", type=Path, required=True, help="per-digit scores CSV")
+    parser.add_argument("--run-info", type=Path, required=True, help="JSON with the MLflow run")
+    parser.add_argument(
+        "--registry", type=Path, required=True, help="the registry decision JSON (evaluate)"
+    )
+    parser.add_argument("--figures", type=Path, required=True, help="folder of evaluate's PNGs")
+    parser.add_argument("--out", type=Path, required=True, help="the Markdown report to write")
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
@@ -89,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         pd.read_csv(args.per_class),
         images,
         json.loads(args.run_info.read_text())["run_id"],
+        json.loads(args.registry.read_text()),
     )
     write_text(args.out, text)
 

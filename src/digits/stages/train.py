@@ -18,7 +18,7 @@ import pandas as pd
 from digits.lib.cli import stage_main
 from digits.lib.config import Params, load_params
 from digits.lib.data import Split, file_digest, load_splits
-from digits.lib.files import atomic_path, write_json, write_text
+from digits.lib.files import atomic_path, project_root, write_json, write_text
 
 if TYPE_CHECKING:
     import keras
@@ -42,16 +42,16 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
     the model. (Figures, the learning curves among them, are `evaluate`'s.)"""
     import mlflow
 
-    from digits.lib import tracking
+    from digits.lib.tracking import logged_model, runs
     from digits.lib.training import fit_logged
 
     digest = file_digest(data_path / "train.npz", data_path / "val.npz")
-    with tracking.tracked_run(run_name=os.environ.get("DVC_EXP_NAME")) as run:
-        mlflow.set_tags(tracking.context_tags(root, digest))
-        tracking.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
+    with runs.tracked_run(run_name=os.environ.get("DVC_EXP_NAME")) as run:
+        mlflow.set_tags(runs.context_tags(root, digest))
+        runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
         model, history, metrics = fit_logged(params, train, val)
         mlflow.log_table(history, artifact_file="history.json")
-        model_uri = tracking.log_keras_model(model, val.x[:5])
+        model_uri = logged_model.log_keras_model(model, val.x[:5])
     return TrainResult(model, history, metrics, run.info.run_id, model_uri)
 
 
@@ -59,7 +59,7 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: `python -m digits.stages.train --data data/processed --model models/model.keras ...`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("--data", type=Path, required=True, help="folder with train/val .npz")
     parser.add_argument("--model", type=Path, required=True, help="where to save the .keras model")
     parser.add_argument("--run-info", type=Path, required=True, help="JSON with the MLflow run id")
@@ -68,10 +68,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
-    from digits.lib import tracking
+    from digits.lib.tracking import runs
 
-    root = tracking.project_root(args.params)
-    experiment_id = tracking.setup(params.mlflow, root)
+    root = project_root(args.params)
+    experiment_id = runs.setup(params.mlflow, root)
     splits = load_splits(args.data, ("train", "val"))
     result = train(params, splits["train"], splits["val"], args.data, root)
 

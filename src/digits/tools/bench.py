@@ -74,9 +74,9 @@ def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
         # the stage logs to a throw-away MLflow store, created here before any timing
-        from digits.lib import tracking
+        from digits.lib.tracking import runs
 
-        tracking.setup(load_params(params).mlflow, out)
+        runs.setup(load_params(params).mlflow, out)
         env = {**os.environ, "DVC_ROOT": str(out), "TF_CPP_MIN_LOG_LEVEL": "3"}
         env.pop("MLFLOW_TRACKING_URI", None)  # the stage finds the same store via DVC_ROOT
         for i in range(repeats):
@@ -198,14 +198,15 @@ def to_target(trials: Sequence[Any], target: float) -> dict[str, Any]:
 
 def sweep_variant(params: Path, name: str, workers: int, n_trials: int) -> dict[str, Any]:
     """Run (or resume) the study `bench-<name>` with the variant's sampler and pruner."""
+    from digits.lib.config import edit_params
     from digits.lib.config import load_params as load
-    from digits.tools import sweep
+    from digits.tools.sweep.study import FINISHED, open_study, storage_url
 
     root = params.resolve().parent
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         variant = Path(tmp) / "params.yaml"
         shutil.copy(params, variant)
-        sweep.promote(variant, {**VARIANTS[name], "sweep.study": f"bench-{name}"})
+        edit_params(variant, {**VARIANTS[name], "sweep.study": f"bench-{name}"})
         out = root / "reports" / "bench" / f"sweep-{name}"
         env = {**os.environ, "DVC_ROOT": str(root)}
         command = [sys.executable, "-m", "digits.tools.sweep", "--params", str(variant), "run"]
@@ -214,8 +215,8 @@ def sweep_variant(params: Path, name: str, workers: int, n_trials: int) -> dict[
         subprocess.run(command, env=env, check=True)
         wall = time.perf_counter() - started
         cfg = load(variant)
-        study = sweep.open_study(cfg, sweep.storage_url(cfg.sweep, root), f"bench-{name}", 0)
-    finished = [t for t in study.trials if t.state.name in sweep.FINISHED]
+        study = open_study(cfg, storage_url(cfg.sweep, root), f"bench-{name}", 0)
+    finished = [t for t in study.trials if t.state.name in FINISHED]
     return {
         "variant": VARIANTS[name],
         "wall_seconds_last_call": wall,
@@ -282,16 +283,20 @@ first trial whose validation accuracy reached {100 * TARGET:.1f}% at some epoch.
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point (`make bench`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data/processed"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--out", type=Path, default=Path("reports/bench"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument(
+        "--data", type=Path, default=Path("data/processed"), help="processed .npz folder"
+    )
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="the IDX files")
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/bench"), help="folder for the results"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     over = commands.add_parser("overhead", help="train stage vs bare Keras")
     over.add_argument("--repeats", type=int, default=4, help="runs of each (ABBA order)")
     sweeps = commands.add_parser("sweep", help="TPE + pruning vs random without pruning")
-    sweeps.add_argument("--workers", type=int, default=2)
-    sweeps.add_argument("--n-trials", type=int)
+    sweeps.add_argument("--workers", type=int, default=2, help="worker processes per sweep")
+    sweeps.add_argument("--n-trials", type=int, help="finished trials per variant")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.command == "overhead":

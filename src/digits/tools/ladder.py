@@ -29,13 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from digits.lib.cli import stage_main
 from digits.lib.config import Params, ParamsError, load_params
-from digits.lib.files import write_text
+from digits.lib.files import project_root, write_text
 
 log = logging.getLogger(__name__)
-
-# shown for results without a date: recorded before the ladder dated its rungs, when
-# `train/seconds` still counted TensorFlow's import (fixed in 2f5e76c)
-UNDATED = "before 2f5e76c"
 
 
 class Rung(BaseModel):
@@ -131,7 +127,7 @@ def table(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {rung.name} | {rung.reference:.2f}% | **{r['accuracy']:.2f}%** "
             f"| {r['epochs']} ({r['selected']}) | {r['seconds']:.0f} s{limit} "
-            f"| {r['wall']:.0f} s | {r.get('date', UNDATED)} | {'yes' if holds else 'NO'} |"
+            f"| {r['wall']:.0f} s | {r['date']} | {'yes' if holds else 'NO'} |"
         )
     return "\n".join(lines)
 
@@ -150,9 +146,9 @@ def report(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
 
 Real MNIST test accuracy of the course notes' classic configurations, each trained by the
 pipeline as a DVC experiment (50,000 training images; the kept epoch is selected on the 10,000
-validation images). Training = `train/seconds`, the fit only, except in rows measured
-{UNDATED}, where it also counts TensorFlow's import (~7-9 s); exp run wall = the whole
-`dvc exp run` (TensorFlow start-up of three stages, training, evaluation, report).
+validation images). Training = `train/seconds`, the fit only (rows measured before 2f5e76c
+also count TensorFlow's import); exp run wall = the whole `dvc exp run` (TensorFlow start-up
+of three stages, training, evaluation, report).
 
 Machine: {machine}; TensorFlow {version("tensorflow")}. Written: {date.today().isoformat()}.
 Command: `MNIST_MIRROR=../shared/data/mnist make ladder` (`bench/ladder.yaml` holds the rungs).
@@ -169,11 +165,20 @@ Command: `MNIST_MIRROR=../shared/data/mnist make ladder` (`bench/ladder.yaml` ho
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point (`make ladder`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--rungs", type=Path, default=Path("bench/ladder.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument(
+        "--rungs", type=Path, default=Path("bench/ladder.yaml"), help="the rungs to run"
+    )
     parser.add_argument("--only", nargs="*", help="run only the rungs whose name contains these")
-    parser.add_argument("--out", type=Path, default=Path("reports/ladder.md"))
-    parser.add_argument("--results", type=Path, default=Path("reports/ladder.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/ladder.md"), help="the Markdown table"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("reports/ladder.json"),
+        help="every rung's latest figures (kept between runs)",
+    )
     parser.add_argument(
         "--render", action="store_true", help="rewrite --out from --results; run nothing"
     )
@@ -185,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     wanted = [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
     selected = [] if args.render else wanted
     if selected:
-        from digits.lib import tracking
+        from digits.lib.tracking import runs
 
-        tracking.setup(params.mlflow, tracking.project_root(args.params))
+        runs.setup(params.mlflow, project_root(args.params))
     for number, rung in enumerate(selected, 1):
         log.info("rung %d of %d", number, len(selected))
         wall = run_rung(rung)

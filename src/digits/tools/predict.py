@@ -229,15 +229,16 @@ def load_predictor(model: str, params: Path = Path("params.yaml")) -> Predictor:
     if is_model_uri(model):
         import mlflow
 
-        from digits.lib import tracking
         from digits.lib.config import MLflowConfig, load_params
+        from digits.lib.files import project_root
+        from digits.lib.tracking import runs
 
         if params.exists() or not os.environ.get("MLFLOW_TRACKING_URI"):
             cfg = load_params(params).mlflow
         else:  # the environment names the store; no params.yaml needed
             cfg = MLflowConfig()
-        uri = tracking.tracking_uri(cfg, tracking.project_root(params))
-        tracking.check_reachable(uri)
+        uri = runs.tracking_uri(cfg, project_root(params))
+        runs.check_reachable(uri)
         mlflow.set_tracking_uri(uri)
         return _pyfunc_predictor(model, f"tracking store {uri}")
     check_model(model)

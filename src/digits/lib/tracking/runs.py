@@ -1,56 +1,37 @@
-"""MLflow, written once for `train`, `evaluate` and the sweep: where runs go, how they end, and
-what every run records.
-
-Metric vocabulary, the same in MLflow, `reports/metrics.json` and the DVC plots:
-`train/loss`, `train/accuracy`, `val/loss`, `val/accuracy` (per epoch, step = epoch, from 1),
-`test/loss`, `test/accuracy` and `test/<digit>/{precision,recall,f1}`.
-"""
+"""MLflow runs, written once for the stages and the sweep: where they go, what each records
+(code, data, per-epoch metrics), and how each ends, even when its process dies."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import signal
 import socket
 import subprocess
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import mlflow
-import pandas as pd
 
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
+from digits.lib.vocab import epoch_metrics
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
 
-KERAS_TO_METRIC = {
-    "loss": "train/loss",
-    "accuracy": "train/accuracy",
-    "val_loss": "val/loss",
-    "val_accuracy": "val/accuracy",
-}
 REMOTE_SCHEMES = {"http", "https", "databricks"}
 PROCESS_TAG = "process"  # host:pid of the process that has the run open
 
 
 class TrackingError(PipelineError):
     """The MLflow tracking store cannot be reached or used."""
-
-
-def project_root(params_path: Path) -> Path:
-    """The project's root: $DVC_ROOT, which DVC sets for every stage (and points at the main
-    workspace even for `dvc exp run --temp` and queued runs), else the folder of params.yaml."""
-    return Path(os.environ.get("DVC_ROOT") or params_path.resolve().parent)
 
 
 def tracking_uri(cfg: MLflowConfig, root: Path) -> str:
@@ -81,8 +62,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def setup(cfg: MLflowConfig, root: Path) -> str:
     """Point MLflow at the store and experiment; returns the experiment id."""
-    # MLflow's async logging thread otherwise waits on its queue in 1 s polls, and ending a run
-    # waits for that thread: ~0.7 s per run here. Buffered, it drains the moment the run ends.
+    # MLflow's async logging thread otherwise polls its queue each second and ending a run waits
+    # for the next poll; buffered, the queue drains the moment the run ends.
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
     uri = tracking_uri(cfg, root)
     check_reachable(uri)
@@ -119,15 +100,23 @@ def process_gone(process: str) -> bool:
     return False
 
 
-def close_dead_runs(experiment_id: str) -> list[str]:
-    """End FAILED the experiment's RUNNING runs whose process on this host is gone (killed
-    with -9, or the machine crashed): a run never stays RUNNING for ever."""
+def close_dead_runs(
+    experiment_id: str, dead: Iterable[str] = (), orphans: Iterable[str] = ()
+) -> list[str]:
+    """End FAILED the experiment's RUNNING runs whose process is gone: killed with -9, crashed,
+    named in `dead` (`host:pid`, e.g. a sweep worker that exited abnormally), or whose run id is
+    in `orphans` (e.g. a sweep trial already failed by its heartbeat on another host). The one
+    clean-up after dead processes, for the stages and the sweep: a run never stays RUNNING."""
     client = mlflow.MlflowClient()
+    dead, orphans = set(dead), set(orphans)
     closed = []
     running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
     for run in running:
-        if process_gone(run.data.tags.get(PROCESS_TAG, "")):
+        process = run.data.tags.get(PROCESS_TAG, "")
+        if run.info.run_id in orphans or process in dead or process_gone(process):
             client.set_tag(run.info.run_id, "failure_reason", "process died (killed or crashed)")
+            if "optuna.trial" in run.data.tags:  # a sweep trial's run: its trial failed too
+                client.set_tag(run.info.run_id, "optuna.state", "FAIL")
             client.set_terminated(run.info.run_id, status="FAILED")
             closed.append(run.info.run_id)
     if closed:
@@ -202,7 +191,7 @@ def log_dataset(x: Any, y: Any, path: Path, digest: str, context: str) -> None:
     """Record a split as the run's dataset input (shown in the UI's Datasets column), identified
     by `digest`, the sha256 of the data files: its first 8 digits as the dataset's digest (the
     length MLflow's own have), all of it as the input's tag `sha256`. (MLflow's own digest
-    would hash the first 10,000 values only, after copying the whole array: ~0.3 s here.)"""
+    would hash the first 10,000 values only, after copying the whole array.)"""
     with warnings.catch_warnings():  # a local path matches two equivalent source resolvers
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(
@@ -211,120 +200,15 @@ def log_dataset(x: Any, y: Any, path: Path, digest: str, context: str) -> None:
     mlflow.log_input(dataset, context=context, tags={"sha256": digest})
 
 
-def history_frame(history: Mapping[str, list[float]]) -> pd.DataFrame:
-    """Keras History.history -> one row per epoch (from 1) in the metric vocabulary."""
-    frame = pd.DataFrame({KERAS_TO_METRIC.get(k, k): v for k, v in history.items()})
-    frame.insert(0, "epoch", range(1, len(frame) + 1))
-    return frame
-
-
 def epoch_logger() -> keras.callbacks.Callback:
     """A Keras callback that logs each epoch's metrics to the active run, step = epoch (from 1)."""
     import keras
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            metrics = {
-                KERAS_TO_METRIC[k]: float(v)
-                for k, v in (logs or {}).items()
-                if k in KERAS_TO_METRIC
-            }
+            metrics = epoch_metrics(logs)
             # queued, written by MLflow's logging thread: each synchronous write commits to
-            # the store (an fsync on SQLite), which cost the fit ~0.2 s per epoch here
+            # the store (an fsync on SQLite) inside the fit
             mlflow.log_metrics(metrics, step=epoch + 1, synchronous=False)
 
     return EpochLogger()
-
-
-class _KerasFlavor:
-    """`mlflow.keras` with its model folder created first: with an input example, MLflow 3.17's
-    keras `save_model` writes the example before making the folder (mlflow/mlflow#16183)."""
-
-    @staticmethod
-    def save_model(path: str, validate_serving_input: bool = True, **kwargs: Any) -> None:
-        # `validate_serving_input` is `Model.log`'s own option, which it passes on to the
-        # flavor; `mlflow.keras.save_model` does not take it
-        os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
-
-
-def log_keras_model(model: keras.Model, x_sample: Any, name: str = "model") -> str:
-    """Log the model (Keras flavour, loadable as pyfunc) with signature and input example;
-    returns its model URI. The requirements are the running Keras and TensorFlow, given rather
-    than inferred (MLflow's inference reloads the model in a subprocess: ~10 s per run). MLflow
-    does not reload the model to serve the input example either (~2 s per run): the model is
-    always a Keras model of one of our builders, and `tests/test_pipeline.py` serves the logged
-    example through pyfunc."""
-    import keras
-    import tensorflow as tf
-    from mlflow.models import Model, infer_signature
-
-    signature = infer_signature(x_sample, model.predict(x_sample, verbose=0))
-    # MLflow checks the input example with a bare `predict`: its progress bar is not ours
-    with contextlib.redirect_stdout(io.StringIO()):
-        info = Model.log(
-            artifact_path=None,
-            name=name,
-            flavor=_KerasFlavor,
-            flavor_name="keras",
-            model=model,
-            signature=signature,
-            input_example=x_sample[:2],
-            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
-            validate_serving_input=False,
-        )
-    return info.model_uri
-
-
-@dataclass(frozen=True)
-class Registration:
-    """A model version registered by `evaluate`, and whether it took the champion alias."""
-
-    name: str
-    version: str
-    alias: str
-    champion: bool
-    previous: str | None  # the champion version before, if any
-    previous_accuracy: float | None
-
-
-def beats(accuracy: float, champion_accuracy: float | None) -> bool:
-    """Whether a new model takes the alias: strictly better test accuracy, or no champion yet."""
-    return champion_accuracy is None or accuracy > champion_accuracy
-
-
-def register(model_uri: str, accuracy: float, cfg: MLflowConfig) -> Registration:
-    """Register a logged model (`models:/m-...` or `runs:/<id>/model`) as a new version of
-    `cfg.registered_model` and move the `cfg.champion_alias` alias to it only when it beats
-    the current champion's test accuracy."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    previous = previous_accuracy = None
-    try:
-        current = client.get_model_version_by_alias(cfg.registered_model, cfg.champion_alias)
-    except MlflowException:  # no registered model yet, or no version holds the alias
-        current = None
-    if current is not None:
-        previous = str(current.version)
-        if "test_accuracy" in current.tags:
-            previous_accuracy = float(current.tags["test_accuracy"])
-        elif current.run_id:
-            previous_accuracy = client.get_run(current.run_id).data.metrics.get("test/accuracy")
-    version = mlflow.register_model(
-        model_uri, cfg.registered_model, tags={"test_accuracy": str(accuracy)}
-    )
-    champion = beats(accuracy, previous_accuracy)
-    if champion:
-        client.set_registered_model_alias(
-            cfg.registered_model, cfg.champion_alias, str(version.version)
-        )
-    return Registration(
-        cfg.registered_model,
-        str(version.version),
-        cfg.champion_alias,
-        champion,
-        previous,
-        previous_accuracy,
-    )

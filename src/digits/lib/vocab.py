@@ -1,0 +1,78 @@
+"""The metric vocabulary, the same in MLflow, `reports/*.json`, the DVC plots and the sweep.
+
+Per epoch (step = epoch, from 1): `train/loss`, `train/accuracy`, `val/loss`, `val/accuracy`.
+Once per run: `train/seconds`, `train/epochs`, `selected/epoch`, `selected/val_loss`,
+`selected/val_accuracy`, and `evaluate`'s `test/accuracy`, `test/loss`, `test/errors` and
+`test/macro_{precision,recall,f1}`.
+
+Keras' names (`val_accuracy`, ...) are translated here and nowhere else. Importing this module
+loads neither Keras, MLflow nor pandas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+KERAS_TO_METRIC = {
+    "loss": "train/loss",
+    "accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+}
+METRIC_TO_KERAS = {v: k for k, v in KERAS_TO_METRIC.items()}
+
+
+def metric_name(keras_name: str) -> str:
+    """`val_accuracy` -> `val/accuracy`; a name outside the vocabulary is kept as it is."""
+    return KERAS_TO_METRIC.get(keras_name, keras_name)
+
+
+def keras_name(metric: str) -> str:
+    """`val/accuracy` -> `val_accuracy`, the key Keras uses in `logs` and `History`."""
+    try:
+        return METRIC_TO_KERAS[metric]
+    except KeyError:
+        raise ValueError(
+            f"{metric!r} is not a per-epoch metric: {sorted(METRIC_TO_KERAS)}"
+        ) from None
+
+
+def epoch_metrics(logs: Mapping[str, float] | None) -> dict[str, float]:
+    """A Keras `logs` dict -> the per-epoch metrics in the vocabulary (others dropped)."""
+    return {KERAS_TO_METRIC[k]: float(v) for k, v in (logs or {}).items() if k in KERAS_TO_METRIC}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy-like metrics are maximised, losses and counts (errors, seconds) minimised."""
+    return metric.rsplit("/", 1)[-1].endswith("accuracy")
+
+
+def is_better(metric: str, value: float, than: float) -> bool:
+    """Whether `value` strictly improves on `than` for `metric`."""
+    return value > than if higher_is_better(metric) else value < than
+
+
+def selected(metric: str) -> str:
+    """The run-level name of a per-epoch validation metric at the kept epoch:
+    `val/accuracy` -> `selected/val_accuracy`."""
+    return "selected/" + keras_name(metric)
+
+
+def history_frame(history: Mapping[str, list[float]]) -> pd.DataFrame:
+    """Keras History.history -> one row per epoch (from 1) in the metric vocabulary."""
+    import pandas as pd
+
+    frame = pd.DataFrame({metric_name(k): v for k, v in history.items()})
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
+    return frame
+
+
+def best_epoch(history: pd.DataFrame, monitor: str) -> int:
+    """The epoch (from 1) whose weights early stopping keeps: the first best value."""
+    column = history[monitor]
+    row = column.idxmax() if higher_is_better(monitor) else column.idxmin()
+    return int(history["epoch"][row])

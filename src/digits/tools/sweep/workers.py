@@ -1,0 +1,216 @@
+"""Worker processes: the launcher that starts them under one parent run, the loop each one
+runs, and the clean-up after a worker that died."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from digits.lib.config import Params, flatten
+from digits.lib.files import project_root
+from digits.tools.sweep.results import write_results
+from digits.tools.sweep.study import (
+    SweepOptions,
+    count_trials,
+    open_study,
+    redact,
+    trial_epochs,
+)
+from digits.tools.sweep.trial import Interruption, Objective
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+
+def work(
+    params: Params, opts: SweepOptions, parent_run_id: str, seed: int, deadline: float | None
+) -> None:
+    """A worker: run trials until the study holds its target of finished trials (counting the
+    ones in flight), the deadline passes, or this worker saw `n_trials` of its trials fail."""
+    import optuna
+
+    from digits.lib.data import load_splits
+    from digits.lib.tracking import runs
+
+    interruption = Interruption()
+    interruption.install()
+    study = open_study(params, opts.storage, opts.study, seed)
+    runs.setup(params.mlflow, project_root(opts.params_path))
+    splits = load_splits(opts.data, ("train", "val"))
+    objective = Objective(
+        params, splits["train"], splits["val"], parent_run_id, opts.study, interruption
+    )
+    failures: list[int] = []
+
+    def note_failure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state.name == "FAIL":
+            failures.append(trial.number)
+
+    while len(failures) < opts.n_trials:
+        interruption.check()
+        fail_orphans(study)  # a dead worker's trial must not hold a slot of the budget
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # the same, by heartbeat (RDB storages)
+        counts = count_trials(study)
+        if counts.finished + counts.running >= opts.n_trials:
+            return
+        if deadline and time.time() >= deadline:
+            log.info("timeout: no new trials")
+            return
+        study.optimize(
+            objective, n_trials=1, catch=(Exception,), callbacks=[note_failure], gc_after_trial=True
+        )
+    log.error("stopping: trials %s failed; see their failure_reason in MLflow", failures)
+
+
+def fail_orphans(study: optuna.Study, dead: Iterable[str] = ()) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker process is gone: the ones in `dead`, and any
+    of this host's workers that no longer exist. Other hosts' workers are left to heartbeats."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from digits.lib.tracking.runs import process_gone
+
+    dead = set(dead)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", "")
+        if worker in dead or process_gone(worker):
+            try:
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process (a worker, the launcher) finished it first
+            failed.append(trial.number)
+    return failed
+
+
+def orphan_runs(study: optuna.Study) -> list[str]:
+    """The MLflow runs of the study's FAIL trials: none of them may still be RUNNING."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return [run for t in trials if (run := t.user_attrs.get("mlflow_run_id"))]
+
+
+def worker_command(opts: SweepOptions, parent: str, seed: int) -> list[str]:
+    """The command line of one worker process (the storage URL goes in its environment)."""
+    command = [sys.executable, "-m", "digits.tools.sweep", "--params", str(opts.params_path)]
+    command += ["worker", "--study", opts.study, "--data", str(opts.data)]
+    command += ["--parent-run-id", parent, "--seed", str(seed), "--n-trials", str(opts.n_trials)]
+    if opts.timeout:
+        command += ["--deadline", str(time.time() + opts.timeout)]
+    return command
+
+
+def run_workers(
+    commands: list[list[str]], storage: str, on_exit: Callable[[str, int], None]
+) -> dict[str, int]:
+    """Start the workers and wait for them, calling `on_exit(worker id, exit code)` as each one
+    ends (at once, so a killed worker's trial is freed while the others work on); Ctrl-C or
+    SIGTERM is passed on to each as SIGINT. Returns {worker id: exit code}."""
+    from digits.lib.tracking.runs import process_id
+
+    env = {**os.environ, "OPTUNA_STORAGE": storage}  # not in argv: it may hold a password
+    # own sessions: a Ctrl-C reaches the launcher only, which passes one SIGINT to each worker
+    started = (subprocess.Popen(c, env=env, start_new_session=True) for c in commands)
+    procs = {process_id(p.pid): p for p in started}
+    codes: dict[str, int] = {}
+    try:
+        while len(codes) < len(procs):
+            for worker, proc in procs.items():
+                if worker not in codes and (code := proc.poll()) is not None:
+                    codes[worker] = code
+                    on_exit(worker, code)
+            time.sleep(0.5)
+    except BaseException:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    return codes
+
+
+def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
+    """Run the sweep; returns its summary (also in `opts.out` and the parent MLflow run)."""
+    import mlflow
+
+    from digits.lib.tracking import runs
+
+    assert params.sweep is not None
+    study = open_study(params, opts.storage, opts.study, params.sweep.seed)
+    if failed := fail_orphans(study):
+        log.info("trials %s were left RUNNING by dead workers: marked FAIL", failed)
+    epochs = trial_epochs(params)
+    counts = count_trials(study)
+    log.info("study %r in %s: %s", opts.study, redact(opts.storage), counts)
+    experiment_id = runs.setup(params.mlflow, project_root(opts.params_path))
+    runs.close_dead_runs(experiment_id, orphans=orphan_runs(study))
+    if counts.finished >= opts.n_trials:
+        log.info(
+            "%d finished trials already (target %d): nothing to run; raise N_TRIALS to go on",
+            counts.finished,
+            opts.n_trials,
+        )
+        return write_results(study, opts.out, epochs)
+
+    tags = {"optuna.study": opts.study, "optuna.storage": redact(opts.storage), "sweep": "parent"}
+    with runs.tracked_run(run_name=f"sweep-{opts.study}", tags=tags) as parent:
+        mlflow.log_params(
+            {
+                f"sweep.{k}": v
+                for k, v in flatten(params.sweep.model_dump()).items()
+                if k not in ("study", "storage", "n_trials", "timeout")
+            }
+        )
+        mlflow.log_params(
+            {
+                "sweep.study": opts.study,
+                "sweep.n_trials": opts.n_trials,
+                "sweep.workers": opts.workers,
+            }
+        )
+        base_seed = params.sweep.seed + len(study.trials)  # a resumed sweep samples anew
+        commands = [
+            worker_command(opts, parent.info.run_id, base_seed + i) for i in range(opts.workers)
+        ]
+
+        def on_exit(worker: str, code: int) -> None:
+            if code and (failed := fail_orphans(study, {worker})):
+                log.warning(
+                    "worker %s exited with %d: its trials %s marked FAIL", worker, code, failed
+                )
+
+        try:
+            codes = run_workers(commands, opts.storage, on_exit)
+        finally:
+            study = open_study(params, opts.storage, opts.study, params.sweep.seed)
+            if failed := fail_orphans(study):
+                log.warning("trials %s lost their worker: marked FAIL", failed)
+            runs.close_dead_runs(experiment_id, orphans=orphan_runs(study))
+        if bad := {w: c for w, c in codes.items() if c}:
+            log.warning("workers exited abnormally: %s", bad)
+        summary = write_results(study, opts.out, epochs)
+        mlflow.log_metrics({k: v for k, v in summary.items() if k.count("/") == 1})
+        if best := summary.get("best"):
+            mlflow.log_params({f"best.{k}": v for k, v in flatten(best["params"]).items()})
+            mlflow.set_tag("best.trial", best["trial"])
+            mlflow.log_artifact(str(opts.out / "best_params.yaml"), "sweep")
+        mlflow.log_artifact(str(opts.out / "trials.csv"), "sweep")
+        for plot in summary["plots"]:
+            mlflow.log_artifact(plot, "sweep")
+    return summary
