@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from digits.lib.data import SPLITS, Split, load_split, load_splits, save_split
+from digits.stages import train as train_stage
 
 from conftest import real_params, shrink, stage_env
 
@@ -52,7 +53,7 @@ def test_kill_9_at_any_moment_leaves_whole_outputs(tmp_path: Path, mirror, proce
 
 
 def test_nan_loss_ends_the_run_failed_with_the_reason(
-    tmp_path: Path, mirror, processed: Path
+    tmp_path: Path, mirror, processed: Path, monkeypatch, capsys
 ) -> None:
     from mlflow import MlflowClient
 
@@ -64,12 +65,13 @@ def test_nan_loss_ends_the_run_failed_with_the_reason(
     y[7, 2] = np.nan
     save_split(data / "train.npz", Split(splits["train"].x, y, splits["train"].index))
     save_split(data / "val.npz", splits["val"])
-    cmd = [str(BIN / "python"), "-m", "digits.stages.train", "--data", str(data)]
-    cmd += ["--model", "m/model.keras", "--run-info", "m/run.json", "--metrics", "r/m.json"]
-    cmd += ["--history", "r/h.csv"]
-    out = subprocess.run(cmd, cwd=tmp_path, env=stage_env(), capture_output=True, text=True)
-    assert out.returncode == 1
-    assert "error: training loss became nan in epoch 1" in out.stderr
+    args = ["--data", str(data), "--model", "m/model.keras", "--run-info", "m/run.json"]
+    args += ["--metrics", "r/m.json", "--history", "r/h.csv"]
+    monkeypatch.chdir(tmp_path)  # in this process: the exit code and message are the point
+    with pytest.raises(SystemExit) as exit_:
+        train_stage.main(args)
+    assert exit_.value.code == 1
+    assert "error: training loss became nan in epoch 1" in capsys.readouterr().err
     assert not (tmp_path / "m/model.keras").exists()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])

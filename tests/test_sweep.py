@@ -49,7 +49,8 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def run_sweep(project: Path, data: Path, *args: str, check: bool = True) -> str:
+def sweep_command(project: Path, data: Path, *args: str) -> list[str]:
+    """`make sweep` for the project, as a command line."""
     cmd = [
         str(BIN / "python"),
         "-m",
@@ -57,7 +58,11 @@ def run_sweep(project: Path, data: Path, *args: str, check: bool = True) -> str:
         "--params",
         str(project / "params.yaml"),
     ]
-    cmd += ["run", "--data", str(data), "--out", str(project / "reports/sweep"), *args]
+    return [*cmd, "run", "--data", str(data), "--out", str(project / "reports/sweep"), *args]
+
+
+def run_sweep(project: Path, data: Path, *args: str, check: bool = True) -> str:
+    cmd = sweep_command(project, data, *args)
     out = subprocess.run(
         cmd, cwd=project, env=stage_env(), capture_output=True, text=True, timeout=600
     )
@@ -176,15 +181,7 @@ def start_slow_sweep(project: Path, data: Path, **popen: Any) -> tuple[subproces
         project / "params.yaml",
         {"sweep.fixed": {"model.type": "mlp", "train.epochs": 40, "train.monitor": "val/accuracy"}},
     )
-    cmd = [
-        str(BIN / "python"),
-        "-m",
-        "digits.tools.sweep",
-        "--params",
-        str(project / "params.yaml"),
-    ]
-    cmd += ["run", "--workers", "2", "--n-trials", "3", "--data", str(data)]
-    cmd += ["--out", str(project / "reports/sweep")]
+    cmd = sweep_command(project, data, "--workers", "2", "--n-trials", "3")
     proc = subprocess.Popen(
         cmd,
         cwd=project,

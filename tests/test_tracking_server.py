@@ -3,7 +3,9 @@ server backed by PostgreSQL, chosen only by MLFLOW_TRACKING_URI; and a dead serv
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import drop_database, free_port, postgres_database, real_params, shrink, stage_env
+from conftest import drop_database, free_port, postgres_database, real_params, shrink
 
 BIN = Path(sys.executable).parent
 
@@ -47,15 +49,22 @@ def tracking_server(tmp_path: Path) -> Iterator[str]:
         drop_database(database)
 
 
-def stage(module: str, args: list[str], cwd: Path, uri: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "python"), "-m", module, *args],
-        cwd=cwd,
-        env=stage_env(MLFLOW_TRACKING_URI=uri),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def stage(
+    module: str, args: list[str], cwd: Path, uri: str, monkeypatch, capsys
+) -> tuple[int, str]:
+    """Run a stage's `main` in this process (TensorFlow is loaded once per test worker) with
+    only MLFLOW_TRACKING_URI choosing the store; returns (exit code, stderr)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in [n for n in os.environ if n.startswith("DVC_")]:
+        monkeypatch.delenv(name)
+    capsys.readouterr()
+    try:
+        importlib.import_module(module).main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return code, capsys.readouterr().err
 
 
 def train_args(data: Path) -> list[str]:
@@ -66,25 +75,26 @@ def train_args(data: Path) -> list[str]:
 
 
 def test_stages_log_to_a_postgresql_backed_server(
-    tmp_path: Path, mirror, processed: Path, tracking_server: str
+    tmp_path: Path, mirror, processed: Path, tracking_server: str, monkeypatch, capsys
 ) -> None:
     from mlflow import MlflowClient
 
     _, hashes = mirror
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
-    trained = stage("digits.stages.train", train_args(processed), tmp_path, tracking_server)
-    assert trained.returncode == 0, trained.stderr
-    evaluated = stage(
+    code, err = stage(
+        "digits.stages.train", train_args(processed), tmp_path, tracking_server, monkeypatch, capsys
+    )
+    assert code == 0, err
+    code, err = stage(
         "digits.stages.evaluate",
         ["--data", str(processed), "--model", "models/model.keras", "--run-info",
          "models/run.json", "--history", "reports/history.csv", "--metrics",
          "reports/metrics.json", "--confusion",
          "reports/confusion.csv", "--per-class", "reports/per_class.csv", "--figures", "figs",
          "--registry", "reports/registry.json"],
-        tmp_path,
-        tracking_server,
+        tmp_path, tracking_server, monkeypatch, capsys,
     )  # fmt: skip
-    assert evaluated.returncode == 0, evaluated.stderr
+    assert code == 0, err
     assert not (tmp_path / "mlflow.db").exists(), "nothing went to the local default store"
 
     client = MlflowClient(tracking_uri=tracking_server)
@@ -105,15 +115,16 @@ def test_stages_log_to_a_postgresql_backed_server(
 
 
 def test_dead_tracking_server_fails_fast_before_training(
-    tmp_path: Path, mirror, processed: Path
+    tmp_path: Path, mirror, processed: Path, monkeypatch, capsys
 ) -> None:
     _, hashes = mirror
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
     started = time.perf_counter()
-    out = stage(
-        "digits.stages.train", train_args(processed), tmp_path, f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, err = stage(
+        "digits.stages.train", train_args(processed), tmp_path, dead, monkeypatch, capsys
     )
-    assert out.returncode == 1
-    assert "is not reachable" in out.stderr and "MLFLOW_TRACKING_URI" in out.stderr
+    assert code == 1
+    assert "is not reachable" in err and "MLFLOW_TRACKING_URI" in err
     assert not (tmp_path / "models/model.keras").exists()
     assert time.perf_counter() - started < 30  # seconds, not minutes of client retries
