@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -67,17 +66,22 @@ def test_sigterm_during_training_ends_killed(tmp_path: Path, mirror, processed: 
     cmd = [str(BIN / "python"), "-m", "digits.stages.train", "--data", str(processed)]
     cmd += ["--model", "m/model.keras", "--run-info", "m/run.json", "--metrics", "r/m.json"]
     cmd += ["--history", "r/h.csv"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=stage_env(), stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until a few epochs are logged
-        time.sleep(0.5)
-        experiment = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("mnist")
-        runs = experiment and client.search_runs([experiment.experiment_id])
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "val/loss")) >= 2:
-            break
+    errors = (tmp_path / "stderr.txt").open("w")  # a file: a full pipe would stall the stage
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=stage_env(), stdout=subprocess.PIPE, stderr=errors, text=True
+    )
+    # Keras announces each epoch as it starts: at the third, the run is open and two epochs are
+    # logged. (Opening the store from here sooner would race the stage creating its tables.)
+    assert proc.stdout is not None
+    epochs = 0
+    while epochs < 3 and (line := proc.stdout.readline()):
+        epochs += line.startswith("Epoch ")
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    proc.communicate(timeout=120)
+    errors.close()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert epochs == 3, stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert proc.returncode != 0
     assert "interrupted" in stderr
     run = only_run(client)
