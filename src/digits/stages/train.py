@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from digits.lib.cli import stage_main
-from digits.lib.config import Params, load_params
+from digits.lib.config import (
+    ModelConfig,
+    Params,
+    ParamsError,
+    estimate_params,
+    load_params,
+    training_bytes,
+)
 from digits.lib.data import Split, file_digest, load_splits
 from digits.lib.files import atomic_path, write_json, write_text
 
@@ -55,6 +62,24 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
     return TrainResult(model, history, metrics, run.info.run_id, model_uri)
 
 
+def physical_memory() -> int:
+    """This machine's RAM in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_memory(model: ModelConfig) -> None:
+    """Refuse, before TensorFlow loads, a network whose training state alone (weights,
+    gradients, Adam's two moments; activations not counted) exceeds this machine's RAM."""
+    n = estimate_params(model)
+    need, have = training_bytes(n), physical_memory()
+    if need > have:
+        raise ParamsError(
+            f"model.{model.type}: the network would have ~{n:,} parameters, ~{need / 1e9:,.1f} "
+            f"GB of memory to train, more than this machine's {have / 1e9:,.1f} GB: make it "
+            "smaller"
+        )
+
+
 @stage_main
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: `python -m digits.stages.train --data data/processed --model models/model.keras ...`."""
@@ -67,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV (DVC plot)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    check_fits_memory(params.model)
 
     from digits.lib import tracking
 
