@@ -67,9 +67,9 @@ bench: setup ## Train stage vs bare Keras, TPE+pruning vs random sweeps (N_TRIAL
 	python -m digits.tools.bench overhead
 	python -m digits.tools.bench sweep $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS))
 
-predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion]
-	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3]'; exit 2; }
-	python -m digits.tools.predict $(FILES) $(if $(MODEL),--model '$(MODEL)') $(if $(TOP),--top $(TOP))
+predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion] [TRUST=1]
+	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3] [TRUST=1]'; exit 2; }
+	python -m digits.tools.predict $(FILES) $(if $(MODEL),--model '$(MODEL)') $(if $(TOP),--top $(TOP)) $(if $(TRUST),--trust-model)
 
 clean: ## Remove generated data, models, runs (keeps the DVC cache)
 	rm -rf data/raw data/processed models mlflow.db mlartifacts
