@@ -178,6 +178,7 @@ def decode_image(data: bytes, limits: PredictConfig = LIMITS) -> np.ndarray:
         # and runs at the same point: on the header, before any pixel is decoded
         Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the image still reads
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[fmt]) as opened:
                 width, height = opened.size
@@ -248,6 +249,8 @@ def parse_npy(data: bytes) -> np.ndarray:
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
         raise InputError(f"unsupported dtype {dtype}: expected uint8 0-255 or float 0-1")
     count = math.prod(shape)  # Python ints: no overflow, whatever the header claims
+    if count == 0:  # checked first: (0, 10**12) holds no bytes but numpy cannot shape it
+        raise InputError(f"empty batch: shape {shape} holds no pixels")
     payload = len(data) - f.tell()
     if count * dtype.itemsize != payload:
         raise InputError(
