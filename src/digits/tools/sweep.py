@@ -74,11 +74,19 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(url))  # the default symlink lock
 
 
+def repair_storage(url: str) -> None:
+    """Before the launcher opens a journal file (no worker running yet): drop partial records."""
+    if "://" not in url:
+        from digits.lib.journal import repair_journal
+
+        repair_journal(url)
+
+
 def redact(url: str) -> str:
     """A storage URL without its password, for logs and tags."""
-    from sqlalchemy.engine import make_url
+    from digits.lib.secrets import redact_url
 
-    return url if "://" not in url else make_url(url).render_as_string(hide_password=True)
+    return redact_url(url)
 
 
 def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -523,6 +531,7 @@ def sweep(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     assert params.sweep is not None
     root = tracking.project_root(args.params)
     url = storage_url(params.sweep, root, args.storage)
+    repair_storage(url)
     study = open_study(params, url, args.study, params.sweep.seed)
     if failed := fail_orphans(study):
         log.info("trials %s were left RUNNING by dead workers: marked FAIL", failed)
@@ -636,10 +645,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         sub.add_argument("--study")
         sub.add_argument("--storage")
     run.add_argument("--timeout", type=float)
-    for sub in (
-        commands.add_parser("promote", help="best trial -> params.yaml"),
-        commands.add_parser("storage", help="print the storage URL"),
-    ):
+    show = commands.add_parser("storage", help="print the storage URL, password masked")
+    show.add_argument(
+        "--show-password", action="store_true", help="print the password too (it is secret)"
+    )
+    for sub in (commands.add_parser("promote", help="best trial -> params.yaml"), show):
         sub.add_argument("--study")
         sub.add_argument("--storage")
     return parser.parse_args(argv)
@@ -663,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = tracking.project_root(args.params)
     url = storage_url(cfg, root, args.storage)
     if args.command == "storage":
-        print(url if "://" in url else Path(url).as_posix())
+        print(url if args.show_password else redact(url))
     elif args.command == "worker":
         args.storage = url
         work(params, args)
@@ -681,6 +691,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "promote":
         import optuna
 
+        repair_storage(url)
         try:
             study = optuna.load_study(study_name=args.study, storage=open_storage(url, 60))
         except KeyError:
