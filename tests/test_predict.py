@@ -684,3 +684,17 @@ def test_keras_models_load_in_safe_mode_and_lambda_layers_need_trust(
     assert run([str(tmp_path / "two.png"), "--model", with_code, *params, "--trust-model"]) == 0
     assert seen[-1] is False
     assert len(parse(capsys.readouterr().out)) == 1
+
+
+@pytest.mark.slow
+def test_a_thousand_files_ten_hostile_stay_under_2_gib(tmp_path: Path) -> None:
+    """The memory target, measured by the benchmark (`python bench/predict_memory.py`): peak
+    RSS of the predict process on 990 ordinary files and 10 hostile ones (~1.5 min)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import predict_memory
+
+    result = predict_memory.measure(tmp_path)
+    assert result["exit_code"] == 1
+    assert len(result["error_lines"]) == 6  # bomb, lying header, over max_bytes, GIF, EPS, cut
+    assert result["prediction_lines"] == 330 + 330 + 330 * 16 + 3 + 121_000
+    assert result["peak_rss_bytes"] < predict_memory.TARGET, result

@@ -18,14 +18,18 @@ import re
 import stat
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digits import PipelineError
 from digits.lib.cli import stage_main
 from digits.lib.config import PredictConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SIDE = 28  # MNIST images are 28x28 ...
 BOX = 20  # ... with the ink fitted into a 20x20 box
@@ -49,6 +53,7 @@ IMAGE_MAGIC = {
 ACCEPTED = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WebP")
 NPY_MAGIC = b"\x93NUMPY"
 WORK_PIXELS = 4_000_000  # larger images are box-reduced to about this before becoming floats
+CHUNK = 4096  # rows converted, and predicted, at a time: memory stays flat whatever the batch
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -192,19 +197,22 @@ def decode_image(data: bytes, limits: PredictConfig = LIMITS) -> np.ndarray:
                         f"a {fmt} with several frames (an animation or a multi-page file): "
                         "predict reads one image per file; save the frame you mean on its own"
                     )
+                # Memory: a big image is reduced to about WORK_PIXELS as early as it can be, a
+                # JPEG while it is decoded (DCT scaling), others right after, before any copy
+                factor = math.ceil(math.sqrt(width * height / WORK_PIXELS))
+                if fmt == "JPEG" and factor > 1:
+                    opened.draft("L", (-(-width // factor), -(-height // factor)))
                 img = ImageOps.exif_transpose(opened)
                 img.load()
-                if img.mode.startswith("I"):  # 16-bit grayscale: "L" would clip, so scale
-                    gray = img.convert("F")
-                    scale = 65535.0
-                else:
-                    if img.has_transparency_data:
-                        rgba = img.convert("RGBA")
-                        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-                    gray = img.convert("L")
-                    scale = 255.0
-                if gray.width * gray.height > WORK_PIXELS:
-                    gray = gray.reduce(math.ceil(math.sqrt(gray.width * gray.height / WORK_PIXELS)))
+                img, scale = _reducible(img)
+                factor = math.ceil(math.sqrt(img.width * img.height / WORK_PIXELS))
+                if factor > 1:
+                    img = img.reduce(factor)
+                if img.mode in ("RGBA", "LA"):  # transparent parts on white
+                    img = Image.alpha_composite(
+                        Image.new("RGBA", img.size, "white"), img.convert("RGBA")
+                    )
+                gray = img if img.mode == "I" else img.convert("L")
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -216,6 +224,19 @@ def decode_image(data: bytes, limits: PredictConfig = LIMITS) -> np.ndarray:
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
     return np.clip(np.asarray(gray, dtype=np.float32) / scale, 0, 1)
+
+
+def _reducible(img: Image.Image) -> tuple[Image.Image, float]:
+    """The image in a mode `Image.reduce` takes, and the value of white in it: 16- and 32-bit
+    grayscale as "I" (white 65535: "L" would clip), palette and 1-bit as "L", or "RGBA" when
+    they have transparency."""
+    if img.mode.startswith("I"):
+        return (img if img.mode == "I" else img.convert("I")), 65535.0
+    if img.mode in ("P", "PA", "1"):
+        return img.convert("RGBA" if img.has_transparency_data else "L"), 255.0
+    if img.mode not in ("RGBA", "LA") and img.has_transparency_data:  # e.g. RGB with tRNS
+        return img.convert("RGBA"), 255.0
+    return img, 255.0
 
 
 def load_image(path: str | Path, limits: PredictConfig = LIMITS) -> np.ndarray:
@@ -266,6 +287,19 @@ def npy_rows(array: np.ndarray) -> np.ndarray:
 
     Shapes (n, 28, 28), (n, 784), (28, 28) or (784,); uint8 (or any integer) 0-255, float 0-1
     or bool."""
+    return scale_rows(check_npy(array))
+
+
+def scale_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows checked by `check_npy` -> float32 in [0, 1]."""
+    if np.issubdtype(rows.dtype, np.integer):
+        return rows.astype(np.float32) / 255
+    return rows.astype(np.float32)
+
+
+def check_npy(array: np.ndarray) -> np.ndarray:
+    """An MNIST-format array checked (shape, dtype, range) and reshaped to (n, 784), without
+    converting it: a view where the input allows one, so a big batch is converted in slices."""
     pixels = SIDE * SIDE
     if array.shape in ((SIDE, SIDE), (pixels,)):
         array = array.reshape(1, pixels)
@@ -278,12 +312,12 @@ def npy_rows(array: np.ndarray) -> np.ndarray:
     if len(array) == 0:
         raise InputError("empty batch: no rows")
     if array.dtype == bool:
-        return array.astype(np.float32)
+        return array
     if np.issubdtype(array.dtype, np.integer):
         low, high = int(array.min()), int(array.max())
         if low < 0 or high > 255:
             raise InputError(f"integer pixels must be 0-255, found {low} to {high}")
-        return array.astype(np.float32) / 255
+        return array
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise InputError("NaN or infinite values")
@@ -293,7 +327,7 @@ def npy_rows(array: np.ndarray) -> np.ndarray:
                 f"float pixels must be in [0, 1], found {low:g} to {high:g} "
                 "(save uint8 for 0-255 pixels)"
             )
-        return array.astype(np.float32)
+        return array
     raise InputError(f"unsupported dtype {array.dtype}: expected uint8 0-255 or float 0-1")
 
 
@@ -302,19 +336,36 @@ def read_npy(path: str | Path, limits: PredictConfig = LIMITS) -> np.ndarray:
     return parse_npy(read_bytes(path, limits))
 
 
-def load_file(path: str | Path, limits: PredictConfig = LIMITS) -> list[tuple[str, np.ndarray]]:
-    """One input file as (name, 784-pixel row) pairs: one for an image or a single digit,
-    one per row of an `.npy` batch (`batch.npy[3]`). What the file is, `.npy` or an image, is
-    told by its bytes, not its name. Raises InputError naming the defect."""
+def load_chunks(
+    path: str | Path, limits: PredictConfig = LIMITS, chunk: int = CHUNK
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """One input file as (names, rows) chunks of at most `chunk` 784-pixel float32 rows: one
+    row for an image or a single digit, one per digit of an `.npy` batch (`batch.npy[3]`).
+    What the file is, `.npy` or an image, is told by its bytes, not its name. Every check runs
+    before the first chunk: a file raises InputError (naming the defect) or yields all its
+    rows, and a big batch is converted to floats one chunk at a time."""
     name = str(path)
     data = read_bytes(path, limits)
     if data.startswith(NPY_MAGIC) or Path(path).suffix.lower() in (".npy", ".npz"):
         array = parse_npy(data)
-        batch = npy_rows(array)
+        rows = check_npy(array)
         if array.shape in ((SIDE, SIDE), (SIDE * SIDE,)):
-            return [(name, batch[0])]  # a single digit: no index
-        return [(f"{name}[{i}]", row) for i, row in enumerate(batch)]
-    return [(name, to_mnist(decode_image(data, limits)).reshape(-1))]
+            yield [name], scale_rows(rows)  # a single digit: no index
+            return
+        for start in range(0, len(rows), chunk):
+            stop = min(start + chunk, len(rows))
+            yield [f"{name}[{i}]" for i in range(start, stop)], scale_rows(rows[start:stop])
+        return
+    yield [name], to_mnist(decode_image(data, limits)).reshape(1, -1)
+
+
+def load_file(path: str | Path, limits: PredictConfig = LIMITS) -> list[tuple[str, np.ndarray]]:
+    """One input file as (name, 784-pixel row) pairs (see `load_chunks`)."""
+    return [
+        (name, row)
+        for names, rows in load_chunks(path, limits)
+        for name, row in zip(names, rows, strict=True)
+    ]
 
 
 def load_inputs(
@@ -325,16 +376,28 @@ def load_inputs(
     hostile file never sinks the batch."""
     rows: list[tuple[str, np.ndarray]] = []
     errors: list[str] = []
+    for item in read_inputs(paths, limits):
+        if isinstance(item, str):
+            errors.append(item)
+        else:
+            rows += zip(*item, strict=True)
+    return rows, errors
+
+
+def read_inputs(
+    paths: Iterable[str | Path], limits: PredictConfig = LIMITS
+) -> Iterator[tuple[list[str], np.ndarray] | str]:
+    """Every file's (names, rows) chunks (see `load_chunks`), or for a file that cannot be
+    read, one message `path: defect` in its place; then the next file."""
     for path in paths:
         try:
-            rows += load_file(path, limits)
+            yield from load_chunks(path, limits)
         except InputError as err:
-            errors.append(f"{path}: {err}")
+            yield f"{path}: {err}"
         except MemoryError:
-            errors.append(f"{path}: out of memory reading it")
+            yield f"{path}: out of memory reading it"
         except Exception as err:  # a defect we did not foresee: still one line
-            errors.append(f"{path}: cannot read ({type(err).__name__}: {err})")
-    return rows, errors
+            yield f"{path}: cannot read ({type(err).__name__}: {err})"
 
 
 def top_k(probabilities: np.ndarray, k: int = 3) -> list[list[tuple[int, float]]]:
@@ -476,7 +539,7 @@ def _pyfunc_predictor(model_uri: str, where: str) -> Predictor:
 
 def predict(predictor: Predictor, rows: Sequence[tuple[str, np.ndarray]], k: int) -> list[str]:
     """One output line per input row: its name, predicted label and top-`k` probabilities."""
-    x = np.stack([row for _, row in rows]).astype(np.float32)
+    x = np.stack([row for _, row in rows]).astype(np.float32, copy=False)
     probabilities = np.asarray(predictor(x), dtype=np.float64)
     if probabilities.ndim != 2 or len(probabilities) != len(rows):
         raise PipelineError(
@@ -536,14 +599,30 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     limits = load_params(args.params).predict if args.params.exists() else LIMITS
 
-    rows, errors = load_inputs(args.files, limits)
-    for message in errors:
-        print(f"error: {message}", file=sys.stderr)
-    if rows:
-        predictor = load_predictor(args.model, args.params, args.trust_model)
-        for line in predict(predictor, rows, args.top):
-            print(line)
-    if errors:
+    # Streamed: files are read, and their rows predicted, CHUNK rows at a time, so memory
+    # stays flat however many files or rows there are; the model loads with the first rows
+    predictor: Predictor | None = None
+    pending: list[tuple[str, np.ndarray]] = []
+    failed = False
+
+    def flush() -> None:
+        nonlocal predictor
+        if pending:
+            predictor = predictor or load_predictor(args.model, args.params, args.trust_model)
+            for line in predict(predictor, pending, args.top):
+                print(line)
+            pending.clear()
+
+    for item in read_inputs(args.files, limits):
+        if isinstance(item, str):
+            print(f"error: {item}", file=sys.stderr)
+            failed = True
+            continue
+        pending += zip(*item, strict=True)
+        if len(pending) >= CHUNK:
+            flush()
+    flush()
+    if failed:
         raise SystemExit(1)
 
 
