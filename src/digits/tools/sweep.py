@@ -59,7 +59,8 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     """A SQLAlchemy URL -> RDBStorage with heartbeats (a dead worker's trial turns FAIL);
     a file path -> JournalStorage, safe for many processes on one machine."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend
+
+    from digits.lib.journal import journal_backend
 
     if "://" in url:
         with warnings.catch_warnings():
@@ -71,7 +72,7 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                 engine_kwargs={"pool_pre_ping": True},
             )
     Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(url))  # the default symlink lock
+    return optuna.storages.JournalStorage(journal_backend(url))  # the default symlink lock
 
 
 def repair_storage(url: str) -> None:
