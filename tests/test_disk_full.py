@@ -272,3 +272,48 @@ def test_a_record_glued_onto_a_partial_one_is_kept(tmp_path: Path) -> None:
     assert repair_journal(journal) is not None
     assert journal.read_bytes() == intact
     assert load_trials(journal) == 2
+
+
+def test_a_full_disk_under_the_journal_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's journal appends through `journal_backend`: ENOSPC there is a DiskFullError
+    naming the journal (not the folder the worker happens to run in)."""
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.study import StudyDirection
+
+    from digits.tools.sweep import open_storage
+
+    journal = tmp_path / "sweeps" / "optuna-journal.log"
+    storage = open_storage(str(journal), heartbeat=30)
+    monkeypatch.setattr(JournalFileBackend, "append_logs", enospc)
+    with pytest.raises(DiskFullError, match=rf"writing {re.escape(str(journal))} {FREE}"):
+        storage.create_new_study(directions=[StudyDirection.MINIMIZE], study_name="s")
+
+
+def test_evaluate_on_a_full_disk_leaves_no_metrics_and_the_run_failed(
+    tmp_path: Path, mirror, processed: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The train stage succeeds; `evaluate` then finds the artifact store full: its run ends
+    FAILED and no metrics.json is left for `report` or `dvc metrics` to trust."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    from digits.stages import evaluate
+
+    code, _ = train_stage(tmp_path, mirror, processed, capsys)
+    assert code == 0
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", enospc)
+    argv = ["--params", str(tmp_path / "params.yaml"), "--data", str(processed)]
+    argv += ["--model", str(tmp_path / "m/model.keras"), "--run-info", str(tmp_path / "m/run.json")]
+    argv += ["--history", str(tmp_path / "r/h.csv"), "--metrics", str(tmp_path / "r/metrics.json")]
+    argv += ["--confusion", str(tmp_path / "r/c.csv"), "--per-class", str(tmp_path / "r/p.csv")]
+    argv += ["--figures", str(tmp_path / "r/figures")]
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(argv)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert re.search(
+        rf"^error: no space left on the device writing \S*mlartifacts\S* {FREE}", err, re.M
+    ), err
+    assert the_run(tmp_path).info.status == "FAILED"
+    assert not (tmp_path / "r/metrics.json").exists()

@@ -13,12 +13,30 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from digits.lib.files import atomic_path, reporting_disk_full
+
+if TYPE_CHECKING:
+    from optuna.storages.journal import JournalFileBackend
 
 log = logging.getLogger(__name__)
 
 RECORD_START = b'{"op_code"'  # how every record Optuna writes begins
+
+
+def journal_backend(path: str | Path) -> JournalFileBackend:
+    """Optuna's `JournalFileBackend` on `path` whose appends report a full disk as a
+    DiskFullError naming the journal and the space left (a short write it leaves behind is
+    what `repair_journal` drops)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    class Backend(JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            with reporting_disk_full(path):
+                super().append_logs(logs)
+
+    return Backend(str(path))
 
 
 def _is_record(line: bytes) -> bool:
