@@ -141,13 +141,16 @@ def read_bytes(path: str | Path, limits: PredictConfig = LIMITS) -> bytes:
         )
         if info.st_size > limits.max_bytes:
             raise too_big
-        chunks, size = [], 0
-        while chunk := os.read(fd, min(1 << 20, limits.max_bytes + 1 - size)):
-            chunks.append(chunk)
+        # one read of the whole file (and one byte more, to notice it growing): a list of
+        # chunks joined at the end would hold the file twice
+        chunks = [os.read(fd, info.st_size + 1)]
+        size = len(chunks[0])
+        while size <= limits.max_bytes and (chunk := os.read(fd, limits.max_bytes + 1 - size)):
+            chunks.append(chunk)  # only when the file grew, or a short read
             size += len(chunk)
-            if size > limits.max_bytes:  # it grew while being read
-                raise too_big
-        return b"".join(chunks)
+        if size > limits.max_bytes:  # it grew while being read
+            raise too_big
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except OSError as err:  # an I/O error while reading
         raise InputError(f"cannot read ({err.strerror or err})") from None
     finally:
