@@ -204,3 +204,31 @@ def test_a_real_sweep_never_shows_the_password(
         )
         for r in runs
     )
+
+
+def test_the_dashboard_gets_the_storage_in_process_and_prints_it_masked(
+    tmp_path: Path, small_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`make dashboard` runs `digits.tools.dashboard`: the storage object is handed to
+    optuna-dashboard in Python, the URL is never an argument of any command."""
+    import optuna_dashboard
+
+    from digits.tools import dashboard
+
+    project = small_project(tmp_path, small_params)
+    journal = project / "sweeps" / "optuna-journal.log"
+    monkeypatch.setenv("OPTUNA_STORAGE", str(journal))
+    served = []
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a: served.append(a))
+    dashboard.main(["--params", str(project / "params.yaml"), "--port", "8123"])
+    ((storage, host, port),) = served
+    assert type(storage).__name__ == "JournalStorage" and (host, port) == ("127.0.0.1", 8123)
+    assert capsys.readouterr().out == f"optuna-dashboard on {journal}: http://127.0.0.1:8123\n"
+
+    monkeypatch.setenv("OPTUNA_STORAGE", f"postgresql+psycopg2://postgres:{PASSWORD}@h:1/x")
+    monkeypatch.setattr(sweep, "open_storage", lambda url, heartbeat: url)
+    dashboard.main(["--params", str(project / "params.yaml")])
+    assert served[-1][0].endswith(f":{PASSWORD}@h:1/x")  # the real URL, in-process
+    assert capsys.readouterr().out.startswith(
+        "optuna-dashboard on postgresql+psycopg2://postgres:***@h:1/x"
+    )
