@@ -43,20 +43,22 @@ format: setup ## Apply ruff's fixes and formatting
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
 
+# A STORAGE URL may hold a password: it reaches the tools in their environment ($OPTUNA_STORAGE),
+# never on a command line, which make echoes and `ps` shows
+STORAGE_ENV = $(if $(STORAGE),OPTUNA_STORAGE="$$STORAGE")
 SWEEP_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS)) \
-  $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STUDY),--study $(STUDY)) \
-  $(if $(STORAGE),--storage '$(STORAGE)')
-STUDY_ARGS = $(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage '$(STORAGE)')
+  $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STUDY),--study $(STUDY))
+STUDY_ARGS = $(if $(STUDY),--study $(STUDY))
 
 sweep: setup ## Optuna sweep (N_TRIALS= TIMEOUT= WORKERS= STUDY= STORAGE=); resumes a study
 	dvc repro preprocess
-	python -m digits.tools.sweep run $(SWEEP_ARGS)
+	$(STORAGE_ENV) python -m digits.tools.sweep run $(SWEEP_ARGS)
 
 promote: setup ## Write the sweep's best trial into params.yaml (then: make repro)
-	python -m digits.tools.sweep promote $(STUDY_ARGS)
+	$(STORAGE_ENV) python -m digits.tools.sweep promote $(STUDY_ARGS)
 
 dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:8080)
-	optuna-dashboard --port 8080 "$$(python -m digits.tools.sweep storage $(STUDY_ARGS))"
+	$(STORAGE_ENV) python -m digits.tools.dashboard --port 8080
 
 ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~1 h)
 	dvc repro preprocess
@@ -67,9 +69,9 @@ bench: setup ## Train stage vs bare Keras, TPE+pruning vs random sweeps (N_TRIAL
 	python -m digits.tools.bench overhead
 	python -m digits.tools.bench sweep $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS))
 
-predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion]
-	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3]'; exit 2; }
-	python -m digits.tools.predict $(FILES) $(if $(MODEL),--model '$(MODEL)') $(if $(TOP),--top $(TOP))
+predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion] [TRUST=1]
+	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3] [TRUST=1]'; exit 2; }
+	python -m digits.tools.predict $(FILES) $(if $(MODEL),--model '$(MODEL)') $(if $(TOP),--top $(TOP)) $(if $(TRUST),--trust-model)
 
 clean: ## Remove generated data, models, runs (keeps the DVC cache)
 	rm -rf data/raw data/processed models mlflow.db mlartifacts

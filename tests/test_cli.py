@@ -47,3 +47,36 @@ def test_stage_exit_skips_only_the_final_collection(tmp_path: Path, kind: str) -
     assert events.startswith("atexit;atexit;")
     # a plain program collects its cycles at exit; a stage leaves them to the OS
     assert ("collected;" in events) == (kind == "plain")
+
+
+def test_out_of_memory_and_a_full_disk_are_one_line_errors(capsys) -> None:
+    """MemoryError never escapes as a traceback; nor does an ENOSPC raised where no path is
+    known (it names the folder the stage runs in and what is free there)."""
+    import errno
+    import logging
+    import os
+
+    from digits.lib.cli import stage_main
+
+    @stage_main
+    def out_of_memory() -> None:
+        raise MemoryError
+
+    @stage_main
+    def disk_full() -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("a library wrapped it") from err
+
+    previous = logging.getLogRecordFactory()
+    try:
+        for func in (out_of_memory, disk_full):
+            with pytest.raises(SystemExit) as exit_:
+                func()
+            assert exit_.value.code == 1
+    finally:
+        logging.setLogRecordFactory(previous)
+    first, second = capsys.readouterr().err.splitlines()
+    assert first == "error: out of memory"
+    assert second.startswith(f"error: no space left on the device writing {os.getcwd()} (free")

@@ -95,3 +95,122 @@ def test_invalid_params_fail_fast_without_tensorflow(tmp_path: Path) -> None:
     )
     assert out.stdout.strip() == "False 1"
     assert "train.batch_size: Input should be greater than 0" in out.stderr
+
+
+# --- strictness: duplicate keys, seeds, sizes (issue 18) ---------------------------------------
+
+
+def test_duplicate_key_names_the_key_and_both_lines(tmp_path: Path) -> None:
+    text = (ROOT / "params.yaml").read_text()
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("learning_rate:"))
+    lines.insert(at + 1, "  learning_rate: 0.5")
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert f"train.learning_rate: lines {at + 1} and {at + 2}" in str(err.value)
+    assert "1 duplicate key(s)" in str(err.value)
+
+
+def test_duplicate_key_in_a_nested_list_item(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("a:\n  - {x: 1, x: 2}\nb: 1\nb: 2\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(tmp_path / "p.yaml")
+    assert "a.0.x: lines 2 and 2" in str(err.value) and "b: lines 3 and 4" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [("train", "seed"), ("data", "seed"), ("sweep", "seed")]
+)
+@pytest.mark.parametrize("value", [-1, 2**32])
+def test_seeds_are_bounded_to_what_numpy_and_tensorflow_take(
+    section: str, key: str, value: int
+) -> None:
+    raw = real_params()
+    raw[section][key] = value
+    with pytest.raises(ParamsError, match=rf"{section}\.{key}: Input should be"):
+        parse_params(raw)
+    raw[section][key] = 2**32 - 1
+    parse_params(raw)  # the top of the range is fine
+    import numpy as np
+
+    np.random.RandomState(2**32 - 1)  # and numpy agrees it is
+    with pytest.raises(ValueError):
+        np.random.RandomState(2**32)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("model.mlp.width", 10**6),
+        ("model.cnn.filters", [32, 10**5]),
+        ("model.cnn.dense", 10**6),
+        ("model.numpy_mlp.hidden", [10**6]),
+        ("train.batch_size", 10**7),
+        ("train.epochs", 10**6),
+        ("data.val_size", 10**9),
+    ],
+)
+def test_sizes_have_upper_bounds(path: str, value) -> None:
+    raw = real_params()
+    *parents, leaf = path.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    with pytest.raises(ParamsError, match=rf"{path}.*less than or equal"):
+        parse_params(raw)
+
+
+def test_a_network_too_big_is_refused_with_its_parameter_count(tmp_path: Path) -> None:
+    """Every width within its bound, but 16 layers of 65,536 units: ~68.7 billion weights."""
+    from digits.lib.config import MAX_PARAMS, MLPConfig, ModelConfig, estimate_params
+
+    raw = real_params()
+    raw["model"]["mlp"].update(depth=16, width=65_536)
+    expected = estimate_params(ModelConfig(mlp=MLPConfig(depth=16, width=65_536)))
+    assert expected > MAX_PARAMS
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert f"model.mlp: the network would have ~{expected:,} parameters" in str(err.value)
+    # the same through the train stage: refused before TensorFlow loads
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    code = (
+        "import sys\n"
+        "from digits.stages.train import main\n"
+        "try:\n"
+        "    main(['--params', 'params.yaml', '--data', 'd', '--model', 'm.keras',"
+        " '--run-info', 'r', '--metrics', 'x', '--history', 'h'])\n"
+        "except SystemExit as e:\n"
+        "    print('tensorflow' in sys.modules, e.code)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "False 1"
+    assert "parameters" in out.stderr and "make it smaller" in out.stderr
+
+
+def test_a_network_bigger_than_this_machine_is_refused_before_tensorflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from digits.lib.config import ModelConfig, estimate_params
+    from digits.stages import train
+
+    params = parse_params(real_params())
+    n = estimate_params(params.model)
+    monkeypatch.setattr(train, "physical_memory", lambda: 16 * n // 2)  # half what it needs
+    with pytest.raises(ParamsError, match=rf"~{n:,} parameters.*GB of memory to train"):
+        train.check_fits_memory(params.model)
+    monkeypatch.setattr(train, "physical_memory", lambda: 16 * n * 4)
+    train.check_fits_memory(params.model)
+    assert estimate_params(ModelConfig(type="softmax")) == 7850
+
+
+def test_download_sizes_default_to_real_mnist_and_params_yaml() -> None:
+    from digits.lib.config import MNIST_SIZES, DownloadConfig, PredictConfig
+
+    params = load_params(ROOT / "params.yaml")
+    assert params.download.sizes == MNIST_SIZES
+    assert params.download.size_margin == DownloadConfig.model_fields["size_margin"].default
+    assert params.predict == PredictConfig()  # the schema's defaults are params.yaml's

@@ -108,6 +108,13 @@ class FaultyMirror(http.server.SimpleHTTPRequestHandler):
             return self.send_error(500)
         if prefix == "slow":
             time.sleep(3)
+        if prefix == "endless":  # a response that never ends (until the client hangs up)
+            with contextlib.suppress(ConnectionError):
+                self.send_response(200)
+                self.end_headers()
+                for _ in range(4096):  # 256 MiB at most, should the client never stop
+                    self.wfile.write(b"\x1f\x8b" + b"\0" * 65534)
+            return
         body = b"<html><body>Please log in</body></html>" if prefix == "html" else b"\x1f\x8b" * 50
         with contextlib.suppress(ConnectionError):  # the client may have given up (slow)
             self.send_response(200)
@@ -156,4 +163,130 @@ def test_all_mirrors_failing_names_the_file_the_mirrors_and_what_to_do(
     assert re.match(r"could not get (train|t10k)-(images|labels)-idx[13]-ubyte \(sha256", message)
     assert all(url in message for url in bad)
     assert "MNIST_MIRROR" in message
+    assert list(out.iterdir()) == []
+
+
+# --- caps on bytes downloaded and decompressed (issue 18) --------------------------------------
+
+
+def capped(params: dict, mirrors: list[str], hashes: dict[str, str], folder: Path):
+    """The config with `sizes` set to the synthetic files' real sizes (10% margin)."""
+    params["download"]["sizes"] = {
+        name: len(gzip.decompress((folder / f"{name}.gz").read_bytes())) for name in hashes
+    }
+    return config(params, mirrors)
+
+
+def test_an_endless_response_is_cut_off_at_the_cap_and_the_next_mirror_used(
+    tmp_path: Path, small_params, mirror, faulty_mirror: str
+) -> None:
+    folder, hashes = mirror
+    small_params["download"].update(retries=2, timeout=5)
+    cfg = capped(
+        small_params, [f"{faulty_mirror}/endless/", f"{faulty_mirror}/ok/"], hashes, folder
+    )
+    out = tmp_path / "raw"
+    download(cfg, out, env={})
+    assert sorted(p.name for p in out.iterdir()) == sorted(hashes)
+    assert FaultyMirror.hits["endless"] == len(hashes), "not retried: the cap is not a glitch"
+
+
+def test_the_cap_error_names_the_source_and_the_limit(
+    tmp_path: Path, small_params, mirror, faulty_mirror: str, caplog
+) -> None:
+    folder, hashes = mirror
+    small_params["download"].update(retries=0, timeout=5)
+    endless = f"{faulty_mirror}/endless/"
+    cfg = capped(small_params, [endless], hashes, folder)
+    with pytest.raises(DownloadError) as err:
+        download(cfg, tmp_path / "raw", env={})
+    name = str(err.value).split()[3]
+    cap = cfg.cap(name)
+    assert f"{endless}{name}.gz: the download passed {cap:,} bytes" in str(err.value)
+    assert "download.sizes" in str(err.value) and "download.size_margin" in str(err.value)
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_a_gzip_bomb_or_an_oversized_file_in_a_folder_is_refused(
+    tmp_path: Path, small_params, mirror
+) -> None:
+    folder, hashes = mirror
+    bombs, big = tmp_path / "bombs", tmp_path / "big"
+    for target in (bombs, big):
+        target.mkdir()
+        for name in hashes:
+            (target / f"{name}.gz").write_bytes((folder / f"{name}.gz").read_bytes())
+    name = "train-images-idx3-ubyte"  # 470 KB: capped at 521 KB
+    (bombs / f"{name}.gz").write_bytes(gzip.compress(b"\0" * 100_000_000))  # 97 KB -> 100 MB
+    (big / f"{name}.gz").unlink()
+    (big / name).write_bytes(b"\0" * 10_000_000)
+    cfg = capped(small_params, [str(bombs), str(big)], hashes, folder)
+    with pytest.raises(DownloadError) as err:
+        download(cfg, tmp_path / "raw", env={})
+    cap = cfg.cap(name)
+    assert f"{bombs}: {bombs}: the decompressed content passed {cap:,} bytes" in str(err.value)
+    assert f"{big}: {big}: the file (10,000,000 bytes) passed {cap:,} bytes" in str(err.value)
+    assert not (tmp_path / "raw" / name).exists()
+
+
+def test_real_mnist_sizes_fit_under_their_caps() -> None:
+    """The defaults are real MNIST's, so the real files pass; the synthetic mirror is far
+    smaller and passes too."""
+    from digits.lib.config import MNIST_SIZES
+
+    from conftest import real_params
+
+    cfg = parse_params(real_params()).download
+    assert all(MNIST_SIZES[n] < cfg.cap(n) <= 1.1 * MNIST_SIZES[n] + 4096 for n in MNIST_SIZES)
+
+
+def test_a_full_disk_while_unpacking_is_named_as_such(
+    tmp_path: Path, small_params, mirror, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """ENOSPC on the write (patched in): not "corrupt gzip data", not the next source: an
+    error naming the file and the free space, and nothing left in data/raw/."""
+    import builtins
+    import errno
+
+    import yaml
+
+    from digits.stages import download as stage
+
+    folder, _ = mirror
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return FullDisk(f) if "w" in mode else f
+
+    monkeypatch.setattr(stage, "open", fake_open, raising=False)
+    small_params["download"].update(mirrors=[str(folder), str(folder)])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_params))
+    out = tmp_path / "raw"
+    with pytest.raises(SystemExit) as exit_:
+        stage.main(["--params", str(tmp_path / "params.yaml"), "--out", str(out)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert re.search(
+        rf"error: no space left on the device writing {re.escape(str(out))}/\S+-ubyte "
+        r"\(free there: [\d,]+ bytes",
+        err,
+    ), err
+    assert "corrupt" not in err and f"from {folder} failed" not in err
     assert list(out.iterdir()) == []

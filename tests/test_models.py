@@ -188,3 +188,29 @@ def test_nan_loss_stops_training_with_a_clear_error() -> None:
     params = params_with(model={"mlp.width": 8, "mlp.depth": 1}, train={"epochs": 3})
     with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1"):
         fit(params.model, params.train, data, Split(X, Y, np.arange(32)), verbose=0)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"type": "softmax"},
+        {"type": "mlp", "mlp.depth": 3, "mlp.width": [100, 60, 30], "mlp.batch_norm": True},
+        {"type": "mlp", "mlp.depth": 0},
+        {"type": "cnn"},
+        {
+            "type": "cnn",
+            "cnn.filters": [8, 16, 32, 64],
+            "cnn.convs_per_block": 2,
+            "cnn.batch_norm": True,
+            "cnn.kernel_size": 5,
+            "cnn.dense": 0,
+        },
+        {"type": "cnn", "cnn.filters": [16, 32], "cnn.dense": 7, "augment.rotation": 5},
+    ],
+)
+def test_parameter_estimate_is_exact(model: dict) -> None:
+    """The count that refuses a network too big (before TensorFlow) is Keras's own count."""
+    from digits.lib.config import estimate_params
+
+    params = params_with(model=model)
+    assert estimate_params(params.model) == build_model(params.model).count_params()

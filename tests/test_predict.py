@@ -29,6 +29,8 @@ from digits.tools.predict import (
     top_k,
 )
 
+from conftest import ROOT
+
 LINE = re.compile(r"^(?P<name>.+): (?P<label>\d)  \((?P<scores>.+)\)$")
 
 
@@ -285,7 +287,7 @@ def test_predicts_images_and_batches(tmp_path: Path, model_file: Path, capsys) -
     truth = write_inputs(tmp_path)
     files = [str(tmp_path / name.split("[")[0]) for name in truth]
     files = list(dict.fromkeys(files))  # batch.npy once
-    assert run([*files, "--model", str(model_file)]) == 0
+    assert run([*files, "--model", str(model_file), "--trust-model"]) == 0
     out, err = capsys.readouterr()
     check_lines(out, truth, tmp_path)
     assert "error" not in err
@@ -325,7 +327,8 @@ def test_bad_files_are_named_and_the_rest_predicted(
     }
     names = ["notes.png", "two.png", "empty.png", "blank.png", "missing.png", "odd.npy"]
     names += ["good.npy", "fake.npy", "cut.png"]
-    assert run([str(tmp_path / n) for n in names] + ["--model", str(model_file)]) == 1
+    argv = ["--model", str(model_file), "--trust-model"]
+    assert run([str(tmp_path / n) for n in names] + argv) == 1
     out, err = capsys.readouterr()
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(bad)
@@ -400,7 +403,7 @@ def test_mlflow_model_uris(
     folder.mkdir()
     truth = write_inputs(folder)
     files = list(dict.fromkeys(str(folder / n.split("[")[0]) for n in truth))
-    assert run([*files, "--model", str(model_file)]) == 0
+    assert run([*files, "--model", str(model_file), "--trust-model"]) == 0
     local = capsys.readouterr().out
     check_lines(local, truth, folder)
 
@@ -435,3 +438,263 @@ def test_mlflow_model_uris(
         == 1
     )
     assert "error: models:/nope@champion: cannot load the model" in capsys.readouterr().err
+
+
+# --- hostile input and untrusted models (issue 18) --------------------------------------------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims `width` x `height` pixels (CRC fixed up): a
+    decompression bomb as far as any check after the header is concerned."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.fromarray(glyph(3)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then length and type of the first chunk
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def npy_claiming(shape: tuple[int, ...], dtype: str = "<f4", payload: bytes = b"\0" * 100) -> bytes:
+    """A `.npy` whose header claims `shape` but holds only `payload`."""
+    header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * (63 - (len(header) + 10) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + payload
+
+
+def hostile_files(folder: Path) -> dict[str, str]:
+    """Files each of which must get its own error: {name: the defect's pattern}."""
+    import os
+
+    (folder / "bomb.png").write_bytes(png_claiming(100_000, 100_000))
+    (folder / "ps.png").write_bytes(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    )
+    Image.fromarray(glyph(1)).save(folder / "icon.png", format="ICO")
+    Image.fromarray(glyph(1)).save(folder / "pcx.bmp", format="PCX")
+    frames = [Image.fromarray(glyph(d)) for d in (1, 2)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(folder / "pages.tiff", save_all=True, append_images=frames[1:])
+    (folder / "huge.npy").write_bytes(npy_claiming((10**12, 784)))
+    (folder / "liar.npy").write_bytes(npy_claiming((2, 784), payload=b"\0" * 10))
+    np.save(folder / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(folder / "complex.npy", np.zeros((1, 784), np.complex64))
+    (folder / "zip.npy").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    (folder / "folder.png").mkdir()
+    os.mkfifo(folder / "fifo.png")
+    (folder / "device.png").symlink_to("/dev/null")
+    (folder / "loop_a.png").symlink_to(folder / "loop_b.png")
+    (folder / "loop_b.png").symlink_to(folder / "loop_a.png")
+    (folder / "dangling.png").symlink_to(folder / "nowhere.png")
+    return {
+        "bomb.png": r"image too large: 100000 x 100000 = 10,000,000,000 pixels "
+        r"\(limit predict.max_pixels = 50,000,000\)",
+        "ps.png": r"not an image in an accepted format \(PNG, JPEG, BMP, TIFF, GIF, WebP\)",
+        "icon.png": "not an image in an accepted format",
+        "pcx.bmp": "not an image in an accepted format",
+        "anim.gif": "a GIF with several frames",
+        "pages.tiff": "a TIFF with several frames",
+        "huge.npy": r"not a readable \.npy array: its header says shape "
+        r"\(1000000000000, 784\) of float32 \(3,136,000,000,000,000 bytes\) but 100 bytes follow",
+        "liar.npy": r"not a readable \.npy array: its header says shape \(2, 784\)",
+        "objects.npy": "unsupported dtype object",
+        "complex.npy": "unsupported dtype complex64",
+        "zip.npy": r"not a \.npy array \(an \.npz archive",
+        "folder.png": "is a directory",
+        "fifo.png": r"is a FIFO \(named pipe\)",
+        "device.png": "is a device file",
+        "loop_a.png": "a symbolic link loop",
+        "dangling.png": "a symbolic link to nothing",
+    }
+
+
+def test_each_hostile_file_gets_its_own_error_and_the_rest_are_read(tmp_path: Path) -> None:
+    from digits.tools.predict import load_inputs
+
+    bad = hostile_files(tmp_path)
+    Image.fromarray(255 - glyph(7)).save(tmp_path / "seven.png")
+    png = io.BytesIO()
+    Image.fromarray(glyph(4)).save(png, "PNG")
+    (tmp_path / "png_named.jpg").write_bytes(png.getvalue())  # content, not name, decides
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.eye(28, dtype=np.uint8) * 255))
+    names = [*bad, "seven.png", "png_named.jpg", "fortran.npy"]
+    rows, errors = load_inputs([tmp_path / n for n in names])
+    assert [name for name, _ in rows] == [str(tmp_path / n) for n in names[-3:]]
+    assert len(errors) == len(bad), errors
+    for (name, defect), error in zip(bad.items(), errors, strict=True):
+        assert re.match(rf"{re.escape(str(tmp_path / name))}: {defect}", error), error
+    np.testing.assert_array_equal(rows[2][1].reshape(28, 28), np.eye(28))  # Fortran order kept
+
+
+def test_limits_come_from_params_and_are_named(tmp_path: Path) -> None:
+    from digits.lib.config import PredictConfig
+    from digits.tools.predict import load_inputs
+
+    Image.fromarray(glyph(3, canvas=(100, 80))).save(tmp_path / "three.png")
+    np.save(tmp_path / "batch.npy", np.zeros((5, 784), np.uint8))
+    size = (tmp_path / "batch.npy").stat().st_size
+    _, errors = load_inputs(
+        [tmp_path / "three.png", tmp_path / "batch.npy"],
+        PredictConfig(max_pixels=7_999, max_bytes=size - 1),
+    )
+    assert errors[0].endswith(
+        "image too large: 100 x 80 = 8,000 pixels (limit predict.max_pixels = 7,999)"
+    )
+    assert errors[1].endswith(
+        f"file too large: {size:,} bytes (limit predict.max_bytes = {size - 1:,})"
+    )
+
+
+def test_unreadable_files_and_memory_errors_are_one_line_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Permissions cannot be tested as root (root reads anything), so os.open is made to refuse
+    as it would; MemoryError raised inside Pillow's decoder and in the normalisation."""
+    import os
+
+    from PIL import ImageFile
+
+    from digits.tools import predict as tool
+
+    Image.fromarray(glyph(6)).save(tmp_path / "locked.png")
+    Image.new("L", (1, 1)).save(tmp_path / "decoder.png")  # 1x1: the fake decoder's victim
+    Image.fromarray(glyph(6, canvas=(123, 77))).save(tmp_path / "normalise.png")
+    Image.fromarray(glyph(6)).save(tmp_path / "ok.png")
+    real_open, real_load, real_to_mnist = os.open, ImageFile.ImageFile.load, tool.to_mnist
+
+    def fake_open(path, flags, *args):
+        if str(path).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    def fake_load(self):
+        if self.size == (1, 1):
+            raise MemoryError
+        return real_load(self)
+
+    def fake_to_mnist(image):
+        if image.shape == (77, 123):
+            raise MemoryError
+        return real_to_mnist(image)
+
+    monkeypatch.setattr(tool.os, "open", fake_open)
+    monkeypatch.setattr(tool, "to_mnist", fake_to_mnist)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fake_load)
+    paths = [tmp_path / n for n in ("locked.png", "decoder.png", "normalise.png", "ok.png")]
+    rows, errors = tool.load_inputs(paths)
+    assert errors == [
+        f"{paths[0]}: permission denied (unreadable)",
+        f"{paths[1]}: out of memory decoding the image",
+        f"{paths[2]}: out of memory reading it",
+    ]
+    assert [name for name, _ in rows] == [str(paths[3])]
+
+
+def test_hostile_batch_through_the_cli(tmp_path: Path, model_file: Path, capsys) -> None:
+    bad = hostile_files(tmp_path)
+    Image.fromarray(255 - glyph(2, 150, 4, canvas=(300, 200))).save(tmp_path / "two.png")
+    names = [*bad, "two.png"]
+    argv = [str(tmp_path / n) for n in names] + ["--model", str(model_file), "--trust-model"]
+    assert run(argv) == 1
+    out, err = capsys.readouterr()
+    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == len(bad)
+    check_lines(out, {"two.png": 2}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ("outside", "a file outside the project"),
+        ("folder", "a folder"),
+        ("link", "a file outside the project"),
+        ("s3://bucket/model", "a model URI outside the project's tracking store"),
+        ("models://user@other-server/mnist/1", "a model URI outside"),
+        ("http://evil.example/model", "a model URI outside"),
+    ],
+)
+def test_a_model_from_outside_the_project_needs_trust(
+    tmp_path: Path, model: str, reason: str, capsys
+) -> None:
+    """Refused before any file is read or TensorFlow loaded, with what to do."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "models").mkdir(parents=True)
+    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    elsewhere.mkdir()
+    (elsewhere / "model.keras").write_bytes(b"not loaded")
+    (elsewhere / "mlflow_model").mkdir()
+    (project / "models" / "link.keras").symlink_to(elsewhere / "model.keras")
+    model = {
+        "outside": str(elsewhere / "model.keras"),
+        "folder": str(elsewhere / "mlflow_model"),
+        "link": str(project / "models" / "link.keras"),
+    }.get(model, model)
+    argv = ["x.png", "--model", model, "--params", str(project / "params.yaml")]
+    assert run(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {model}: refused: {reason}")
+    assert "--trust-model" in err and "unpickles" in err
+
+
+def lambda_model(path: Path) -> None:
+    """A softmax model with a Lambda layer (Python code inside the .keras file)."""
+    import keras
+
+    inputs = keras.Input((784,))
+    x = keras.layers.Lambda(lambda t: t * 1.0)(inputs)
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x)).save(path)
+
+
+def test_keras_models_load_in_safe_mode_and_lambda_layers_need_trust(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import shutil
+
+    import keras
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "models").mkdir()
+    shutil.copy(model_file, tmp_path / "models" / "model.keras")
+    lambda_model(tmp_path / "models" / "lambda.keras")
+    Image.fromarray(255 - glyph(2, 150, 4, canvas=(300, 200))).save(tmp_path / "two.png")
+    params = ["--params", str(tmp_path / "params.yaml")]
+    seen = []
+    real_load = keras.saving.load_model
+
+    def spy(path, *args, **kwargs):
+        seen.append(kwargs.get("safe_mode"))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.saving, "load_model", spy)
+    # the project's own model: no flag needed, loaded with safe_mode=True said explicitly
+    own = str(tmp_path / "models" / "model.keras")
+    assert run([str(tmp_path / "two.png"), "--model", own, *params]) == 0
+    assert seen == [True]
+    check_lines(capsys.readouterr().out, {"two.png": 2}, tmp_path)
+    # a Lambda layer inside the project is still refused, with what to do
+    with_code = str(tmp_path / "models" / "lambda.keras")
+    assert run([str(tmp_path / "two.png"), "--model", with_code, *params]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {with_code}: refused: the model holds Python code (a Lambda")
+    assert "--trust-model" in err
+    # trusted: safe mode off, and it predicts
+    assert run([str(tmp_path / "two.png"), "--model", with_code, *params, "--trust-model"]) == 0
+    assert seen[-1] is False
+    assert len(parse(capsys.readouterr().out)) == 1
+
+
+@pytest.mark.slow
+def test_a_thousand_files_ten_hostile_stay_under_2_gib(tmp_path: Path) -> None:
+    """The memory target, measured by the benchmark (`python bench/predict_memory.py`): peak
+    RSS of the predict process on 990 ordinary files and 10 hostile ones (~1.5 min)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import predict_memory
+
+    result = predict_memory.measure(tmp_path)
+    assert result["exit_code"] == 1
+    assert len(result["error_lines"]) == 6  # bomb, lying header, over max_bytes, GIF, EPS, cut
+    assert result["prediction_lines"] == 330 + 330 + 330 * 16 + 3 + 121_000
+    assert result["peak_rss_bytes"] < predict_memory.TARGET, result

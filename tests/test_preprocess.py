@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from digits.lib.config import DataConfig
+from digits.lib.config import DataConfig, ParamsError
 from digits.lib.data import load_splits
 from digits.stages.preprocess import main, make_splits, one_hot, to_features
 
@@ -69,3 +70,12 @@ def test_stage_writes_loadable_npz(tmp_path: Path, small_params, mirror) -> None
     assert [len(s) for s in splits.values()] == [500, 100, 200]
     assert all(s.x.shape[1] == 784 for s in splits.values())
     assert not list((tmp_path / "processed").glob(".*tmp*"))  # no temp files left behind
+
+
+@pytest.mark.parametrize("val_size", [600, 595, 5, 10**6])
+def test_val_size_is_checked_against_the_data(val_size: int) -> None:
+    """600 training images of 10 classes: the validation part must leave 10 to each side."""
+    train, test = synthetic_digits(600, seed=0), synthetic_digits(100, seed=1)
+    with pytest.raises(ParamsError, match=rf"data.val_size: {val_size} does not fit .* 600 images"):
+        make_splits(train, test, DataConfig(val_size=val_size, seed=1))
+    assert len(make_splits(train, test, DataConfig(val_size=590, seed=1))["val"]) == 590

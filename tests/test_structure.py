@@ -45,6 +45,29 @@ def test_a_new_import_shows_up_as_a_missing_dep(tmp_path: Path) -> None:
     assert "src/digits/lib/cli.py" in diffs["report"][1]  # listed, no longer imported
 
 
+PIPELINE_SECTIONS = ("download", "data", "model", "train", "mlflow")  # the rest: tools only
+
+
+def test_every_pipeline_setting_is_a_param_of_some_stage() -> None:
+    """A key the stages read but no stage lists would change results without a rerun."""
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    families = [k for k, v in raw["model"].items() if isinstance(v, dict) and k != "augment"]
+    listed = set()
+    for stage in pipeline["stages"].values():
+        for key in stage.get("params", []):
+            names = [key.replace("${model.type}", f) for f in families] if "${" in key else [key]
+            listed.update(names)
+    keys = [
+        f"{section}.{key}"
+        for section in PIPELINE_SECTIONS
+        for key in raw[section]
+        if not (section == "model" and key in families)
+    ] + [f"model.{family}" for family in families]
+    unlisted = [k for k in keys if not any(k == n or k.startswith(f"{n}.") for n in listed)]
+    assert unlisted == []
+
+
 def _model_class(annotation: Any) -> type[BaseModel] | None:
     """The section class of a field typed `Section` or `Section | None`."""
     union = isinstance(annotation, types.UnionType) or get_origin(annotation) is Union
@@ -100,6 +123,7 @@ CLIS = [
     "digits.tools.predict",
     "digits.tools.ladder",
     "digits.tools.bench",
+    "digits.tools.dashboard",
     "digits.tools.stagedeps",
     "digits.tools.sweep.__main__",
 ]

@@ -12,13 +12,16 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from digits import PipelineError
+from digits.lib import secrets
+from digits.lib.files import disk_full, is_disk_full
 
 F = TypeVar("F", bound=Callable[..., None])
 
 
 def stage_main(func: F) -> F:
-    """Decorate a stage's `main`: INFO logging; a PipelineError exits 1 with its message only;
-    a quick exit (`exit_quickly`)."""
+    """Decorate a stage's `main`: INFO logging with passwords in URLs redacted; a
+    PipelineError exits 1 with its message only (redacted too), and so do a full disk and
+    running out of memory; a quick exit (`exit_quickly`)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -27,10 +30,23 @@ def stage_main(func: F) -> F:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        secrets.redact_logging()
         try:
             return func(*args, **kwargs)
         except PipelineError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {secrets.redact_text(str(err))}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except MemoryError:
+            print("error: out of memory", file=sys.stderr)
+            raise SystemExit(1) from None
+        except Exception as err:
+            if not is_disk_full(err):
+                raise
+            cause = err
+            while cause is not None and getattr(cause, "filename", None) is None:
+                cause = cause.__cause__ or cause.__context__
+            where = getattr(cause, "filename", None) or os.getcwd()
+            print(f"error: {secrets.redact_text(str(disk_full(where)))}", file=sys.stderr)
             raise SystemExit(1) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

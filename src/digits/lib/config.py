@@ -6,6 +6,7 @@ second with one message that lists every problem.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,27 @@ Activation = Literal["relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish"]
 OptimizerName = Literal["sgd", "momentum", "rmsprop", "adagrad", "adadelta", "adam"]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+# numpy's legacy RandomState and TensorFlow's seeds take 0 .. 2**32 - 1; outside it they fail
+# inside numpy after TensorFlow has loaded
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Upper bounds on sizes: far above anything MNIST needs, low enough that a typo (an extra zero
+# or three) is caught here instead of by the kernel's out-of-memory killer
+MAX_UNITS = 65_536
+MAX_FILTERS = 4_096
+MAX_BATCH = 65_536
+MAX_EPOCHS = 10_000
+# A network above this many parameters is refused before TensorFlow loads: 4 bytes per weight,
+# x4 when training with Adam (weights, gradients, two moments): 16 GB at this ceiling
+MAX_PARAMS = 1_000_000_000
+Units = Annotated[int, Field(gt=0, le=MAX_UNITS)]
 IDX_KINDS = ("images-idx3-ubyte", "labels-idx1-ubyte")
+# Real MNIST's decompressed sizes in bytes: the download is capped at these plus a margin
+MNIST_SIZES = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
+}
 
 
 class Strict(BaseModel):
@@ -36,20 +57,30 @@ class DownloadConfig(Strict):
     files: dict[str, Sha256] = Field(min_length=4, max_length=4)
     retries: int = Field(default=2, ge=0, le=10)
     timeout: float = Field(default=60.0, gt=0)
+    # expected decompressed size of each file (bytes): a download, or its decompression, that
+    # runs past size x (1 + size_margin) is aborted
+    sizes: dict[str, Annotated[int, Field(gt=0, le=2**40)]] = dict(MNIST_SIZES)
+    size_margin: float = Field(default=0.1, ge=0, le=10)
 
     @model_validator(mode="after")
     def _canonical_names(self) -> DownloadConfig:
         expected = {f"{split}-{kind}" for split in ("train", "t10k") for kind in IDX_KINDS}
         if set(self.files) != expected:
             raise ValueError(f"files must name exactly {sorted(expected)}")
+        if set(self.sizes) != expected:
+            raise ValueError(f"sizes must name exactly {sorted(expected)}")
         return self
+
+    def cap(self, name: str) -> int:
+        """The most bytes `name` may take, downloaded or decompressed."""
+        return int(self.sizes[name] * (1 + self.size_margin)) + 4096  # + gzip's own header
 
 
 class DataConfig(Strict):
     """The validation split carved off the training set (the test set is never used to select)."""
 
-    val_size: int = Field(default=10_000, gt=0)
-    seed: int = 42
+    val_size: int = Field(default=10_000, gt=0, le=100_000_000)
+    seed: Seed = 42
 
 
 class SoftmaxConfig(Strict):
@@ -60,7 +91,7 @@ class MLPConfig(Strict):
     """Dense hidden layers; `width` is one size for all layers or one size per layer."""
 
     depth: int = Field(default=2, ge=0, le=16)
-    width: Annotated[int, Field(gt=0)] | list[Annotated[int, Field(gt=0)]] = 512
+    width: Units | list[Units] = 512
     activation: Activation = "relu"
     dropout: Probability = 0.3
     batch_norm: bool = False
@@ -83,11 +114,13 @@ class MLPConfig(Strict):
 class CNNConfig(Strict):
     """Conv blocks (each `convs_per_block` convolutions then pooling), a dense head, dropout."""
 
-    filters: list[Annotated[int, Field(gt=0)]] = Field(default=[32, 64], min_length=1, max_length=4)
+    filters: list[Annotated[int, Field(gt=0, le=MAX_FILTERS)]] = Field(
+        default=[32, 64], min_length=1, max_length=4
+    )
     kernel_size: int = Field(default=3, ge=1, le=7)
     convs_per_block: int = Field(default=1, ge=1, le=3)
     pooling: Literal["max", "avg"] = "max"
-    dense: int = Field(default=128, ge=0)
+    dense: int = Field(default=128, ge=0, le=MAX_UNITS)
     activation: Activation = "relu"
     dropout: Probability = 0.25
     batch_norm: bool = False
@@ -97,7 +130,7 @@ class NumpyMLPConfig(Strict):
     """The course notes' from-scratch network in NumPy: sigmoid layers, mini-batch SGD with
     `train.learning_rate` (eta) and `train.batch_size`; e.g. sizes [784, 30, 10]."""
 
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[30], min_length=1, max_length=4)
+    hidden: list[Units] = Field(default=[30], min_length=1, max_length=4)
     cost: Literal["quadratic", "cross_entropy"] = "quadratic"
 
 
@@ -136,11 +169,19 @@ class TrainConfig(Strict):
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
-    batch_size: int = Field(default=128, gt=0)
-    epochs: int = Field(default=25, gt=0)
+    batch_size: int = Field(default=128, gt=0, le=MAX_BATCH)
+    epochs: int = Field(default=25, gt=0, le=MAX_EPOCHS)
     monitor: Literal["val/loss", "val/accuracy"] = "val/accuracy"
-    patience: int = Field(default=10, ge=0)
-    seed: int = 42
+    patience: int = Field(default=10, ge=0, le=MAX_EPOCHS)
+    seed: Seed = 42
+
+
+class PredictConfig(Strict):
+    """Limits on each file given to `predict`, checked before it is decoded: every input is
+    treated as hostile (a decompression bomb, a `.npy` header that lies)."""
+
+    max_bytes: int = Field(default=100_000_000, gt=0, le=2**40)  # per file, image or .npy
+    max_pixels: int = Field(default=50_000_000, gt=0, le=2**40)  # width x height of an image
 
 
 class MLflowConfig(Strict):
@@ -186,7 +227,7 @@ class SweepConfig(Strict):
     n_trials: int = Field(default=30, gt=0)  # finished (complete or pruned) trials to reach
     timeout: float | None = Field(default=None, gt=0)  # seconds per `make sweep`
     sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = 42
+    seed: Seed = 42
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(default=5, ge=0)  # trials before the median pruner prunes
     warmup_epochs: int = Field(default=3, ge=0)  # epochs every trial runs before it can be pruned
@@ -203,7 +244,19 @@ class Params(Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MLflowConfig = MLflowConfig()
+    predict: PredictConfig = PredictConfig()
     sweep: SweepConfig | None = None
+
+    @model_validator(mode="after")
+    def _network_fits(self) -> Params:
+        n = estimate_params(self.model)
+        if n > MAX_PARAMS:
+            raise ValueError(
+                f"model.{self.model.type}: the network would have ~{n:,} parameters "
+                f"(~{training_bytes(n) / 1e9:,.0f} GB to train); the limit is {MAX_PARAMS:,}: "
+                "make it smaller"
+            )
+        return self
 
     @model_validator(mode="after")
     def _numpy_mlp_trains_with_sgd(self) -> Params:
@@ -278,6 +331,43 @@ class ParamsError(PipelineError, ValueError):
     """`params.yaml` is missing, unreadable or invalid; the message lists every problem."""
 
 
+def estimate_params(model: ModelConfig, image_shape: tuple[int, int] = (28, 28)) -> int:
+    """The parameter count of the network `build_model` (or numpy_mlp) would build, weights,
+    biases and batch-norm statistics included, computed without TensorFlow."""
+    features = image_shape[0] * image_shape[1]
+    if model.type == "softmax":
+        sizes = [features]
+    elif model.type == "numpy_mlp":
+        sizes = [features, *model.numpy_mlp.hidden]
+    elif model.type == "mlp":
+        sizes = [features, *model.mlp.units]
+    else:
+        cnn = model.cnn
+        total, channels, (rows, cols) = 0, 1, image_shape
+        for filters in cnn.filters:
+            for _ in range(cnn.convs_per_block):
+                total += cnn.kernel_size**2 * channels * filters
+                total += 4 * filters if cnn.batch_norm else filters  # gamma, beta, mean, var
+                channels = filters
+            rows, cols = rows // 2, cols // 2
+        flat = rows * cols * channels
+        if cnn.dense:
+            total += flat * cnn.dense + cnn.dense
+            flat = cnn.dense
+        return total + flat * 10 + 10
+    total = 0
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        total += fan_in * fan_out + fan_out
+        if model.type == "mlp" and model.mlp.batch_norm:
+            total += 4 * fan_out
+    return total + sizes[-1] * 10 + 10
+
+
+def training_bytes(n_params: int) -> int:
+    """Memory to train `n_params` float32 weights with Adam: weights, gradients, two moments."""
+    return 16 * n_params
+
+
 def format_errors(err: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted key, what was given and what is allowed."""
     lines = []
@@ -302,14 +392,47 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ParamsError(format_errors(err, source)) from None
 
 
+def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:
+    """Every key given twice in the same mapping of a composed YAML document, as
+    `dotted.key: lines A and B`. (PyYAML, like most loaders, silently keeps the last one.)"""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            name = f"{path}{key}"
+            if key in seen:
+                problems.append(f"{name}: lines {seen[key]} and {line}")
+            else:
+                seen[key] = line
+            problems += duplicate_keys(value_node, f"{name}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += duplicate_keys(item, f"{path}{i}.")
+    return problems
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file's content, refusing a key given twice in one mapping."""
+    text = path.read_text()
+    duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+    if duplicates:
+        raise ParamsError(
+            f"{path}: {len(duplicates)} duplicate key(s); YAML would silently keep the last, "
+            "delete the one you do not mean:\n" + "\n".join(f"  {d}" for d in duplicates)
+        )
+    return yaml.safe_load(text)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate `params.yaml`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project root") from None
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")

@@ -7,7 +7,9 @@ big-endian uint32 per dimension, then the values in C order.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +25,24 @@ class IdxError(PipelineError, ValueError):
 
 
 def _open(path: Path) -> bytes:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        return f.read()
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+        raise IdxError(f"{path}: corrupt gzip data ({type(err).__name__}: {err})") from None
 
 
 def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     """Parse an unsigned-byte IDX file of `ndim` dimensions (plain or .gz)."""
     path = Path(path)
-    data = _open(path)
+    return parse_idx(_open(path), ndim, path)
+
+
+def parse_idx(data: bytes, ndim: int, path: str | Path = "<bytes>") -> np.ndarray:
+    """Parse the bytes of an unsigned-byte IDX file of `ndim` dimensions; `path` names it in
+    errors. The declared shape is checked against the payload before any array is made."""
     if len(data) < 4:
         raise IdxError(f"{path}: {len(data)} bytes, too short for an IDX header")
     zero, dtype, dims = struct.unpack(">HBB", data[:4])
@@ -48,7 +59,7 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     shape = struct.unpack(f">{dims}I", data[4:header])
     if any(s == 0 for s in shape):
         raise IdxError(f"{path}: empty dimension in shape {shape}")
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # Python ints: a lying header cannot overflow it
     payload = len(data) - header
     if payload != expected:
         kind = "truncated" if payload < expected else "has trailing bytes"

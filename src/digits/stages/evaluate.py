@@ -20,7 +20,7 @@ import pandas as pd
 from digits.lib.cli import stage_main
 from digits.lib.config import load_params
 from digits.lib.data import load_split
-from digits.lib.files import project_root, write_json, write_text
+from digits.lib.files import project_root, reporting_disk_full, write_json, write_text
 from digits.lib.idx import NUM_CLASSES
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     test = load_split(args.data / "test.npz")
     history = pd.read_csv(args.history)
-    model = keras.saving.load_model(args.model)
+    model = keras.saving.load_model(args.model, safe_mode=True)  # no code from the file
     probabilities = model.predict(test.x, batch_size=1024, verbose=0)
     labels = test.labels
     evaluation = score(labels, probabilities)
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else None
     )
 
-    write_json(args.metrics, evaluation.metrics)
+    args.metrics.unlink(missing_ok=True)  # written last, once the run has everything: see below
     write_text(
         args.confusion, confusion_rows(labels, probabilities.argmax(axis=1)).to_csv(index=False)
     )
@@ -168,7 +168,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs.setup(params.mlflow, project_root(args.params))
     run_info = json.loads(args.run_info.read_text())
     run_id = run_info["run_id"]
-    with runs.tracked_run(run_id=run_id):
+    # a full disk under the artifact store names it; the run then ends FAILED, and no
+    # metrics.json is left for `report` or `dvc metrics` to trust
+    with (
+        runs.tracked_run(run_id=run_id) as run,
+        reporting_disk_full(runs.artifact_dir(run)),
+    ):
         mlflow.log_metrics(evaluation.metrics)
         for path in figures:
             mlflow.log_artifact(str(path), artifact_path="plots")
@@ -182,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.set_tags(
             {"registry.version": registered.version, "registry.champion": registered.champion}
         )
+        write_json(args.metrics, evaluation.metrics)
     log.info(
         "test accuracy %.4f (%d errors), logged to run %s",
         evaluation.metrics["test/accuracy"],

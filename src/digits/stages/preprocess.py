@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from digits.lib.cli import stage_main
-from digits.lib.config import DataConfig, load_params
+from digits.lib.config import DataConfig, ParamsError, load_params
 from digits.lib.data import Split, save_split
 from digits.lib.idx import NUM_CLASSES, IdxError, read_pair
 
@@ -32,15 +32,28 @@ def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, val), val holding `val_size` rows in the classes' proportions."""
+    """Row indices (train, val), val holding `val_size` rows in the classes' proportions.
+
+    Raises ParamsError, naming `data.val_size` and the data's size, when the split is impossible:
+    each part needs at least one row of every class present."""
     from sklearn.model_selection import train_test_split
 
-    if not 0 < val_size < len(labels):
-        raise ValueError(f"data.val_size={val_size} must be between 1 and {len(labels) - 1}")
-    rows = np.arange(len(labels))
-    train_idx, val_idx = train_test_split(
-        rows, test_size=val_size, random_state=seed, stratify=labels
-    )
+    n, classes = len(labels), len(np.unique(labels))
+    if not classes <= val_size <= n - classes:
+        raise ParamsError(
+            f"data.val_size: {val_size} does not fit the training file's {n} images of "
+            f"{classes} classes: it must be between {classes} and {n - classes} (both parts "
+            "need every class); lower it in params.yaml"
+        )
+    rows = np.arange(n)
+    try:
+        train_idx, val_idx = train_test_split(
+            rows, test_size=val_size, random_state=seed, stratify=labels
+        )
+    except ValueError as err:  # e.g. a class with a single image cannot be stratified
+        raise ParamsError(
+            f"data.val_size: {val_size}: no stratified split possible ({err})"
+        ) from None
     return np.sort(train_idx), np.sort(val_idx)
 
 

@@ -1,6 +1,8 @@
 """Stage `train`: fit the model from `params.yaml`, save it, and track the run in MLflow.
 
 The MLflow run it opens is the one `evaluate` adds test metrics to (its id is in `--run-info`).
+Every output is written before the run ends FINISHED: a failed write (a full disk) ends it
+FAILED and leaves no output that `dvc repro` or `evaluate` would trust.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from digits.lib.cli import stage_main
-from digits.lib.config import Params, load_params
+from digits.lib.config import (
+    ModelConfig,
+    Params,
+    ParamsError,
+    estimate_params,
+    load_params,
+    training_bytes,
+)
 from digits.lib.data import Split, file_digest, load_splits
 from digits.lib.files import atomic_path, project_root, write_json, write_text
 
@@ -37,11 +46,31 @@ class TrainResult:
     model_uri: str  # the model logged in the run (`models:/m-...`), for the registry
 
 
-def train(params: Params, train: Split, val: Split, data_path: Path, root: Path) -> TrainResult:
+@dataclass(frozen=True)
+class Outputs:
+    """Where the stage writes (from `dvc.yaml`'s command line)."""
+
+    model: Path
+    run_info: Path
+    metrics: Path
+    history: Path
+
+
+def train(
+    params: Params,
+    train: Split,
+    val: Split,
+    data_path: Path,
+    root: Path,
+    outputs: Outputs | None = None,
+    experiment_id: str | None = None,
+) -> TrainResult:
     """Fit in a new MLflow run that records params, per-epoch metrics, data, code version and
-    the model. (Figures, the learning curves among them, are `evaluate`'s.)"""
+    the model, and write `outputs` inside it, so the run ends FINISHED only once the model is
+    saved. (Figures, the learning curves among them, are `evaluate`'s.)"""
     import mlflow
 
+    from digits.lib.files import reporting_disk_full
     from digits.lib.tracking import logged_model, runs
     from digits.lib.training import fit_logged
 
@@ -50,9 +79,44 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
         mlflow.set_tags(runs.context_tags(root, digest))
         runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
         model, history, metrics = fit_logged(params, train, val)
-        mlflow.log_table(history, artifact_file="history.json")
-        model_uri = logged_model.log_keras_model(model, val.x[:5])
-    return TrainResult(model, history, metrics, run.info.run_id, model_uri)
+        with reporting_disk_full(runs.artifact_dir(run)):
+            mlflow.log_table(history, artifact_file="history.json")
+            model_uri = logged_model.log_keras_model(model, val.x[:5])
+        result = TrainResult(model, history, metrics, run.info.run_id, model_uri)
+        if outputs is not None:
+            write_outputs(result, outputs, experiment_id)
+    return result
+
+
+def write_outputs(result: TrainResult, outputs: Outputs, experiment_id: str | None) -> None:
+    """The model, history, metrics and run info, each atomically; run info last, so a stage
+    that failed half-way has no run.json naming a run whose outputs are incomplete."""
+    with atomic_path(outputs.model) as tmp:
+        result.model.save(tmp)
+    write_text(outputs.history, result.history.to_csv(index=False, float_format="%.6g"))
+    write_json(outputs.metrics, result.metrics)
+    write_json(
+        outputs.run_info,
+        {"run_id": result.run_id, "experiment_id": experiment_id, "model_uri": result.model_uri},
+    )
+
+
+def physical_memory() -> int:
+    """This machine's RAM in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_memory(model: ModelConfig) -> None:
+    """Refuse, before TensorFlow loads, a network whose training state alone (weights,
+    gradients, Adam's two moments; activations not counted) exceeds this machine's RAM."""
+    n = estimate_params(model)
+    need, have = training_bytes(n), physical_memory()
+    if need > have:
+        raise ParamsError(
+            f"model.{model.type}: the network would have ~{n:,} parameters, ~{need / 1e9:,.1f} "
+            f"GB of memory to train, more than this machine's {have / 1e9:,.1f} GB: make it "
+            "smaller"
+        )
 
 
 @stage_main
@@ -67,22 +131,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV (DVC plot)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    check_fits_memory(params.model)
 
     from digits.lib.tracking import runs
 
     root = project_root(args.params)
     experiment_id = runs.setup(params.mlflow, root)
     splits = load_splits(args.data, ("train", "val"))
-    result = train(params, splits["train"], splits["val"], args.data, root)
-
-    with atomic_path(args.model) as tmp:
-        result.model.save(tmp)
-    write_text(args.history, result.history.to_csv(index=False, float_format="%.6g"))
-    write_json(args.metrics, result.metrics)
-    write_json(
-        args.run_info,
-        {"run_id": result.run_id, "experiment_id": experiment_id, "model_uri": result.model_uri},
-    )
+    outputs = Outputs(args.model, args.run_info, args.metrics, args.history)
+    for path in (args.model, args.run_info, args.metrics, args.history):
+        path.unlink(missing_ok=True)  # a failed run leaves none of the last run's outputs
+    result = train(params, splits["train"], splits["val"], args.data, root, outputs, experiment_id)
     log.info(
         "run %s: val accuracy %.4f (epoch %d of %d) in %.0f s",
         result.run_id,

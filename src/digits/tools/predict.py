@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import io
+import math
 import os
 import re
+import stat
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digits import PipelineError
 from digits.lib.cli import stage_main
+from digits.lib.config import PredictConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SIDE = 28  # MNIST images are 28x28 ...
 BOX = 20  # ... with the ink fitted into a 20x20 box
@@ -28,6 +38,22 @@ INK = 0.2  # a pixel is ink above this fraction of the way from background to th
 MIN_CONTRAST = 0.1  # less than this between background and ink (0-1 scale): a blank image
 DEFAULT_MODEL = "models/model.keras"
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # runs:/..., models:/..., s3://...; not C:\
+LIMITS = PredictConfig()  # params.yaml's `predict:` (the schema's defaults are its values)
+# The formats a digit photo or scan comes in, told by their first bytes. Everything else
+# (EPS, which Pillow hands to Ghostscript; PSD, ICO, PCX, ...) is refused before any decoder
+IMAGE_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+}
+ACCEPTED = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WebP")
+NPY_MAGIC = b"\x93NUMPY"
+WORK_PIXELS = 4_000_000  # larger images are box-reduced to about this before becoming floats
+CHUNK = 4096  # rows converted, and predicted, at a time: memory stays flat whatever the batch
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -81,29 +107,182 @@ def to_mnist(image: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """An image file as a 2-D float32 grayscale array in [0, 1] (0 = black), upright per its
-    EXIF orientation, transparent parts composited on white."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    _check_file(path)
+def read_bytes(path: str | Path, limits: PredictConfig = LIMITS) -> bytes:
+    """A file's bytes, refusing, before reading anything, what is not a regular file (a folder,
+    FIFO, device, socket, symlink loop) or is larger than `limits.max_bytes`."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY  # a FIFO opens without waiting for a writer
     try:
-        with Image.open(path) as opened:
-            img = ImageOps.exif_transpose(opened)
-            img.load()
-    except UnidentifiedImageError:
-        raise InputError("not an image (Pillow cannot identify its format)") from None
-    except Image.DecompressionBombError as err:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputError("a symbolic link to nothing (dangling)") from None
+        raise InputError("no such file") from None
+    except PermissionError:
+        raise InputError("permission denied (unreadable)") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError("a symbolic link loop") from None
+        raise InputError(f"cannot open ({err.strerror or err})") from None
+    try:
+        info = os.fstat(fd)  # of what was opened: no swap between a check and the read
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError("is a directory, not a file")
+        if stat.S_ISFIFO(info.st_mode):
+            raise InputError("is a FIFO (named pipe), not a regular file")
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            raise InputError("is a device file, not a regular file")
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError("is not a regular file (a socket?)")
+        if info.st_size == 0:
+            raise InputError("empty file (0 bytes)")
+        too_big = InputError(
+            f"file too large: {info.st_size:,} bytes (limit predict.max_bytes = "
+            f"{limits.max_bytes:,})"
+        )
+        if info.st_size > limits.max_bytes:
+            raise too_big
+        # one read of the whole file (and one byte more, to notice it growing): a list of
+        # chunks joined at the end would hold the file twice
+        chunks = [os.read(fd, info.st_size + 1)]
+        size = len(chunks[0])
+        while size <= limits.max_bytes and (chunk := os.read(fd, limits.max_bytes + 1 - size)):
+            chunks.append(chunk)  # only when the file grew, or a short read
+            size += len(chunk)
+        if size > limits.max_bytes:  # it grew while being read
+            raise too_big
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except OSError as err:  # an I/O error while reading
+        raise InputError(f"cannot read ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+
+
+def image_format(data: bytes) -> str | None:
+    """The format of an image by its first bytes, if it is on the allow-list, else None."""
+    if data[8:12] == b"WEBP" and data[:4] == b"RIFF":
+        return "WEBP"
+    return next((fmt for magic, fmt in IMAGE_MAGIC.items() if data.startswith(magic)), None)
+
+
+def decode_image(data: bytes, limits: PredictConfig = LIMITS) -> np.ndarray:
+    """An image file's bytes as a 2-D float32 grayscale array in [0, 1] (0 = black), upright per
+    its EXIF orientation, transparent parts composited on white.
+
+    Only the allow-listed formats, told by their first bytes (never the file's name), reach a
+    decoder, and only that format's; the pixel count is checked from the header before
+    anything is decoded; a multi-frame file (animation, multi-page TIFF) is refused rather
+    than read by its first frame; an image above `WORK_PIXELS` is box-reduced before it is
+    turned into floats (MNIST keeps 20x20 of it)."""
+    from PIL import Image, ImageOps
+
+    fmt = image_format(data)
+    if fmt is None:
+        raise InputError(
+            f"not an image in an accepted format ({', '.join(ACCEPTED)}), judged by its first bytes"
+        )
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        # Pillow's own bomb check (89-179 M pixels) is replaced by ours, which names the limit
+        # and runs at the same point: on the header, before any pixel is decoded
+        Image.MAX_IMAGE_PIXELS = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the image still reads
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[fmt]) as opened:
+                width, height = opened.size
+                if width * height > limits.max_pixels:
+                    raise InputError(
+                        f"image too large: {width} x {height} = {width * height:,} pixels "
+                        f"(limit predict.max_pixels = {limits.max_pixels:,})"
+                    )
+                if getattr(opened, "is_animated", False):
+                    raise InputError(
+                        f"a {fmt} with several frames (an animation or a multi-page file): "
+                        "predict reads one image per file; save the frame you mean on its own"
+                    )
+                # Memory: a big image is reduced to about WORK_PIXELS as early as it can be, a
+                # JPEG while it is decoded (DCT scaling), others right after, before any copy
+                factor = math.ceil(math.sqrt(width * height / WORK_PIXELS))
+                if fmt == "JPEG" and factor > 1:
+                    opened.draft("L", (-(-width // factor), -(-height // factor)))
+                img = ImageOps.exif_transpose(opened)
+                img.load()
+                img, scale = _reducible(img)
+                factor = math.ceil(math.sqrt(img.width * img.height / WORK_PIXELS))
+                if factor > 1:
+                    img = img.reduce(factor)
+                if img.mode in ("RGBA", "LA"):  # transparent parts on white
+                    img = Image.alpha_composite(
+                        Image.new("RGBA", img.size, "white"), img.convert("RGBA")
+                    )
+                gray = img if img.mode == "I" else img.convert("L")
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InputError(f"image too large ({err})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except MemoryError:
+        raise InputError("out of memory decoding the image") from None
+    except Exception as err:  # Pillow's decoders raise many types on bad data
         raise InputError(f"unreadable image ({type(err).__name__}: {err})") from None
-    if img.mode.startswith("I"):  # 16-bit grayscale: convert("L") would clip, so scale
-        return np.clip(np.asarray(img, dtype=np.float32) / 65535, 0, 1)
-    if img.has_transparency_data:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+    return np.clip(np.asarray(gray, dtype=np.float32) / scale, 0, 1)
+
+
+def _reducible(img: Image.Image) -> tuple[Image.Image, float]:
+    """The image in a mode `Image.reduce` takes, and the value of white in it: 16- and 32-bit
+    grayscale as "I" (white 65535: "L" would clip), palette and 1-bit as "L", or "RGBA" when
+    they have transparency."""
+    if img.mode.startswith("I"):
+        return (img if img.mode == "I" else img.convert("I")), 65535.0
+    if img.mode in ("P", "PA", "1"):
+        return img.convert("RGBA" if img.has_transparency_data else "L"), 255.0
+    if img.mode not in ("RGBA", "LA") and img.has_transparency_data:  # e.g. RGB with tRNS
+        return img.convert("RGBA"), 255.0
+    return img, 255.0
+
+
+def load_image(path: str | Path, limits: PredictConfig = LIMITS) -> np.ndarray:
+    """An image file as a 2-D float32 grayscale array in [0, 1] (see `decode_image`)."""
+    return decode_image(read_bytes(path, limits), limits)
+
+
+def parse_npy(data: bytes) -> np.ndarray:
+    """A `.npy` file's bytes as its array (a read-only view), its header checked first: a
+    version this reader knows, a plain numeric dtype (no objects, so no pickles), and a shape
+    whose size is exactly the bytes that follow. Nothing is allocated from the header's word."""
+    from numpy.lib import format as npy
+
+    if data.startswith(b"PK"):
+        raise InputError("not a .npy array (an .npz archive?)")
+    if not data.startswith(NPY_MAGIC):
+        raise InputError("not a readable .npy array (it does not start with NumPy's magic)")
+    f = io.BytesIO(data)
+    try:
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy.read_array_header_2_0(f)
+        else:
+            raise InputError(f"not a readable .npy array (format version {version})")
+    except InputError:
+        raise
+    except Exception as err:  # numpy's header parser: ValueError, SyntaxError...
+        raise InputError(f"not a readable .npy array (bad header: {err})") from None
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+        raise InputError(f"unsupported dtype {dtype}: expected uint8 0-255 or float 0-1")
+    count = math.prod(shape)  # Python ints: no overflow, whatever the header claims
+    if count == 0:  # checked first: (0, 10**12) holds no bytes but numpy cannot shape it
+        raise InputError(f"empty batch: shape {shape} holds no pixels")
+    payload = len(data) - f.tell()
+    if count * dtype.itemsize != payload:
+        raise InputError(
+            f"not a readable .npy array: its header says shape {shape} of {dtype} "
+            f"({count * dtype.itemsize:,} bytes) but {payload:,} bytes follow"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def npy_rows(array: np.ndarray) -> np.ndarray:
@@ -111,6 +290,19 @@ def npy_rows(array: np.ndarray) -> np.ndarray:
 
     Shapes (n, 28, 28), (n, 784), (28, 28) or (784,); uint8 (or any integer) 0-255, float 0-1
     or bool."""
+    return scale_rows(check_npy(array))
+
+
+def scale_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows checked by `check_npy` -> float32 in [0, 1]."""
+    if np.issubdtype(rows.dtype, np.integer):
+        return rows.astype(np.float32) / 255
+    return rows.astype(np.float32)
+
+
+def check_npy(array: np.ndarray) -> np.ndarray:
+    """An MNIST-format array checked (shape, dtype, range) and reshaped to (n, 784), without
+    converting it: a view where the input allows one, so a big batch is converted in slices."""
     pixels = SIDE * SIDE
     if array.shape in ((SIDE, SIDE), (pixels,)):
         array = array.reshape(1, pixels)
@@ -123,12 +315,12 @@ def npy_rows(array: np.ndarray) -> np.ndarray:
     if len(array) == 0:
         raise InputError("empty batch: no rows")
     if array.dtype == bool:
-        return array.astype(np.float32)
+        return array
     if np.issubdtype(array.dtype, np.integer):
         low, high = int(array.min()), int(array.max())
         if low < 0 or high > 255:
             raise InputError(f"integer pixels must be 0-255, found {low} to {high}")
-        return array.astype(np.float32) / 255
+        return array
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise InputError("NaN or infinite values")
@@ -138,56 +330,77 @@ def npy_rows(array: np.ndarray) -> np.ndarray:
                 f"float pixels must be in [0, 1], found {low:g} to {high:g} "
                 "(save uint8 for 0-255 pixels)"
             )
-        return array.astype(np.float32)
+        return array
     raise InputError(f"unsupported dtype {array.dtype}: expected uint8 0-255 or float 0-1")
 
 
-def read_npy(path: str | Path) -> np.ndarray:
-    """The array in a `.npy` file, as stored (no pickles)."""
-    path = Path(path)
-    _check_file(path)
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise InputError(f"not a readable .npy array ({err})") from None
-    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
-        array.close()
-        raise InputError("not a .npy array (an .npz archive?)")
-    return array
+def read_npy(path: str | Path, limits: PredictConfig = LIMITS) -> np.ndarray:
+    """The array in a `.npy` file, as stored (no pickles; see `parse_npy`)."""
+    return parse_npy(read_bytes(path, limits))
 
 
-def _check_file(path: Path) -> None:
-    """The defects every input can have, named before any format is tried."""
-    if not path.exists():
-        raise InputError("no such file")
-    if path.is_dir():
-        raise InputError("is a directory, not a file")
-    if path.stat().st_size == 0:
-        raise InputError("empty file (0 bytes)")
+def load_chunks(
+    path: str | Path, limits: PredictConfig = LIMITS, chunk: int = CHUNK
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """One input file as (names, rows) chunks of at most `chunk` 784-pixel float32 rows: one
+    row for an image or a single digit, one per digit of an `.npy` batch (`batch.npy[3]`).
+    What the file is, `.npy` or an image, is told by its bytes, not its name. Every check runs
+    before the first chunk: a file raises InputError (naming the defect) or yields all its
+    rows, and a big batch is converted to floats one chunk at a time."""
+    name = str(path)
+    data = read_bytes(path, limits)
+    if data.startswith(NPY_MAGIC) or Path(path).suffix.lower() in (".npy", ".npz"):
+        array = parse_npy(data)
+        rows = check_npy(array)
+        if array.shape in ((SIDE, SIDE), (SIDE * SIDE,)):
+            yield [name], scale_rows(rows)  # a single digit: no index
+            return
+        for start in range(0, len(rows), chunk):
+            stop = min(start + chunk, len(rows))
+            yield [f"{name}[{i}]" for i in range(start, stop)], scale_rows(rows[start:stop])
+        return
+    yield [name], to_mnist(decode_image(data, limits)).reshape(1, -1)
 
 
-def load_inputs(paths: Iterable[str | Path]) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
-    """Every input as (name, 784-pixel row): one per image, one per row of an `.npy` batch
-    (`batch.npy[3]`). Files that cannot be read become messages `path: defect` instead."""
+def load_file(path: str | Path, limits: PredictConfig = LIMITS) -> list[tuple[str, np.ndarray]]:
+    """One input file as (name, 784-pixel row) pairs (see `load_chunks`)."""
+    return [
+        (name, row)
+        for names, rows in load_chunks(path, limits)
+        for name, row in zip(names, rows, strict=True)
+    ]
+
+
+def load_inputs(
+    paths: Iterable[str | Path], limits: PredictConfig = LIMITS
+) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """Every input as (name, 784-pixel row) (see `load_file`). A file that cannot be read
+    becomes a message `path: defect` instead, and the others are still read: one bad or
+    hostile file never sinks the batch."""
     rows: list[tuple[str, np.ndarray]] = []
     errors: list[str] = []
-    for path in paths:
-        name = str(path)
-        try:
-            if Path(path).suffix.lower() == ".npy":
-                array = read_npy(path)
-                batch = npy_rows(array)
-                if array.shape in ((SIDE, SIDE), (SIDE * SIDE,)):
-                    rows.append((name, batch[0]))  # a single digit: no index
-                else:
-                    rows += [(f"{name}[{i}]", row) for i, row in enumerate(batch)]
-            else:
-                rows.append((name, to_mnist(load_image(path)).reshape(-1)))
-        except InputError as err:
-            errors.append(f"{name}: {err}")
-        except OSError as err:  # unreadable (permissions, I/O): name the reason
-            errors.append(f"{name}: cannot read ({err.strerror or err})")
+    for item in read_inputs(paths, limits):
+        if isinstance(item, str):
+            errors.append(item)
+        else:
+            rows += zip(*item, strict=True)
     return rows, errors
+
+
+def read_inputs(
+    paths: Iterable[str | Path], limits: PredictConfig = LIMITS
+) -> Iterator[tuple[list[str], np.ndarray] | str]:
+    """Every file's (names, rows) chunks (see `load_chunks`), or for a file that cannot be
+    read, one message `path: defect` in its place; then the next file."""
+    for path in paths:
+        try:
+            yield from load_chunks(path, limits)
+        except InputError as err:
+            yield f"{path}: {err}"
+        except MemoryError:
+            yield f"{path}: out of memory reading it"
+        except Exception as err:  # a defect we did not foresee: still one line
+            yield f"{path}: cannot read ({type(err).__name__}: {err})"
 
 
 def top_k(probabilities: np.ndarray, k: int = 3) -> list[list[tuple[int, float]]]:
@@ -220,12 +433,70 @@ def check_model(model: str) -> None:
         )
 
 
-def load_predictor(model: str, params: Path = Path("params.yaml")) -> Predictor:
+def project_root(params: Path) -> Path:
+    """The project's root, whose models are trusted: $DVC_ROOT, else the folder of params.yaml
+    (as `digits.lib.tracking.project_root`, without importing MLflow)."""
+    return Path(os.environ.get("DVC_ROOT") or params.resolve().parent)
+
+
+def untrusted_reason(model: str, root: Path) -> str | None:
+    """Why `model` is not the project's own (None when it is): the project's own are a `.keras`
+    file inside the project `root` and `runs:/` or `models:/` URIs of the project's tracking
+    store. Anything else may carry code that runs when it is loaded."""
+    if is_model_uri(model):
+        scheme, _, rest = model.partition(":")
+        if scheme.lower() in ("runs", "models") and not rest.startswith("//"):
+            return None  # resolved against the project's tracking store
+        return "a model URI outside the project's tracking store and registry"
+    path = Path(model).resolve()  # symlinks followed: a link in the project to outside is outside
+    if path.is_dir():
+        return "a folder (an MLflow model, loaded through pyfunc)"
+    if not path.is_relative_to(root.resolve()):
+        return f"a file outside the project ({root})"
+    return None
+
+
+def check_trust(model: str, root: Path, trust: bool) -> None:
+    """Refuse a model from outside the project's own store unless the user said --trust-model."""
+    reason = untrusted_reason(model, root)
+    if reason and not trust:
+        raise PipelineError(
+            f"{model}: refused: {reason}. Loading a model can run code it carries (MLflow's "
+            "pyfunc imports modules and unpickles objects; a Keras Lambda layer holds Python "
+            "bytecode). Pass --trust-model (make predict TRUST=1) if you trust whoever made "
+            "it, or use the project's own: models/model.keras, runs:/<id>/model, "
+            "models:/<name>@<alias>"
+        )
+
+
+def load_keras(path: Path, trust: bool = False) -> Predictor:
+    """A `.keras` file's predict; `safe_mode` stays on (no deserialised code, e.g. Lambda
+    layers) unless the model is trusted."""
+    import keras
+
+    try:
+        keras_model = keras.saving.load_model(path, safe_mode=not trust)
+    except (ValueError, OSError, TypeError) as err:
+        if not trust and ("safe_mode" in str(err) or "Lambda" in str(err)):
+            raise PipelineError(
+                f"{path}: refused: the model holds Python code (a Lambda layer, or another "
+                "object Keras will only deserialise with safe_mode off), which would run "
+                "on loading. If you trust whoever made it, pass --trust-model (make predict "
+                "TRUST=1); otherwise ask for a model without Lambda layers"
+            ) from None
+        raise PipelineError(f"{path}: cannot load as a Keras model ({err})") from None
+    return lambda x: np.asarray(keras_model.predict(x, batch_size=1024, verbose=0))
+
+
+def load_predictor(
+    model: str, params: Path = Path("params.yaml"), trust: bool = False
+) -> Predictor:
     """A function from (n, 784) float32 rows to (n, classes) probabilities.
 
     `model` is a Keras file, a folder holding an MLflow model (an `MLmodel` file), or an MLflow
     model URI, resolved against the tracking store the stages use: $MLFLOW_TRACKING_URI, else
-    `mlflow.tracking_uri` of `params` anchored at the project root."""
+    `mlflow.tracking_uri` of `params` anchored at the project root. The caller checks trust
+    (`check_trust`); `trust` turns Keras's safe mode off."""
     if is_model_uri(model):
         import mlflow
 
@@ -245,13 +516,7 @@ def load_predictor(model: str, params: Path = Path("params.yaml")) -> Predictor:
     path = Path(model)
     if path.is_dir() and (path / "MLmodel").exists():
         return _pyfunc_predictor(str(path), str(path))
-    import keras
-
-    try:
-        keras_model = keras.saving.load_model(path)
-    except (ValueError, OSError, TypeError) as err:
-        raise PipelineError(f"{model}: cannot load as a Keras model ({err})") from None
-    return lambda x: np.asarray(keras_model.predict(x, batch_size=1024, verbose=0))
+    return load_keras(path, trust)
 
 
 def _pyfunc_predictor(model_uri: str, where: str) -> Predictor:
@@ -278,7 +543,7 @@ def _pyfunc_predictor(model_uri: str, where: str) -> Predictor:
 
 def predict(predictor: Predictor, rows: Sequence[tuple[str, np.ndarray]], k: int) -> list[str]:
     """One output line per input row: its name, predicted label and top-`k` probabilities."""
-    x = np.stack([row for _, row in rows]).astype(np.float32)
+    x = np.stack([row for _, row in rows]).astype(np.float32, copy=False)
     probabilities = np.asarray(predictor(x), dtype=np.float64)
     if probabilities.ndim != 2 or len(probabilities) != len(rows):
         raise PipelineError(
@@ -300,7 +565,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--model models:/mnist-digits@champion",
     )
     parser.add_argument(
-        "files", nargs="+", metavar="FILE", help="PNG/JPEG (any Pillow format) or .npy batch"
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="an image (PNG, JPEG, BMP, TIFF, GIF or WebP, told by its bytes) or a .npy batch",
     )
     parser.add_argument(
         "--model",
@@ -309,26 +577,56 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"models:/<name>/<version> (default: {DEFAULT_MODEL})",
     )
     parser.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="load a model from outside the project's own store (a folder, a .keras file "
+        "elsewhere, another server's URI) and with Keras's safe mode off: loading can run "
+        "code the model carries (pyfunc imports modules and unpickles objects), so only for "
+        "a model whose maker you trust",
+    )
+    parser.add_argument(
         "--top", type=int, default=3, help="how many probabilities to print (1-10, default 3)"
     )
     parser.add_argument(
         "--params",
         type=Path,
         default=Path("params.yaml"),
-        help="where the MLflow tracking store is configured (for model URIs)",
+        help="where the MLflow tracking store and the `predict:` limits are configured",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.top <= 10:
         parser.error(f"--top must be between 1 and 10, got {args.top}")
-    check_model(args.model)  # before reading any file or importing TensorFlow
+    # before reading any file or importing TensorFlow
+    check_model(args.model)
+    check_trust(args.model, project_root(args.params), args.trust_model)
+    from digits.lib.config import load_params
 
-    rows, errors = load_inputs(args.files)
-    for message in errors:
-        print(f"error: {message}", file=sys.stderr)
-    if rows:
-        for line in predict(load_predictor(args.model, args.params), rows, args.top):
-            print(line)
-    if errors:
+    limits = load_params(args.params).predict if args.params.exists() else LIMITS
+
+    # Streamed: files are read, and their rows predicted, CHUNK rows at a time, so memory
+    # stays flat however many files or rows there are; the model loads with the first rows
+    predictor: Predictor | None = None
+    pending: list[tuple[str, np.ndarray]] = []
+    failed = False
+
+    def flush() -> None:
+        nonlocal predictor
+        if pending:
+            predictor = predictor or load_predictor(args.model, args.params, args.trust_model)
+            for line in predict(predictor, pending, args.top):
+                print(line)
+            pending.clear()
+
+    for item in read_inputs(args.files, limits):
+        if isinstance(item, str):
+            print(f"error: {item}", file=sys.stderr)
+            failed = True
+            continue
+        pending += zip(*item, strict=True)
+        if len(pending) >= CHUNK:
+            flush()
+    flush()
+    if failed:
         raise SystemExit(1)
 
 

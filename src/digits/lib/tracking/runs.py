@@ -19,6 +19,7 @@ import mlflow
 
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
+from digits.lib.secrets import redact_text
 from digits.lib.vocab import epoch_metrics
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except requests.RequestException as err:
         raise TrackingError(
-            f"MLflow tracking server {uri} is not reachable ({type(err).__name__}). Start it, "
+            f"MLflow tracking server {redact_text(uri)} is not reachable "
+            f"({type(err).__name__}). Start it, "
             "fix MLFLOW_TRACKING_URI, or unset it to use the local store."
         ) from None
 
@@ -141,12 +143,10 @@ def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         mlflow.set_tag(PROCESS_TAG, process_id())
         yield run
     except KeyboardInterrupt:
-        mlflow.set_tag("failure_reason", "interrupted")
-        mlflow.end_run("KILLED")
+        _end(run, "KILLED", "interrupted")
         raise
     except BaseException as err:
-        mlflow.set_tag("failure_reason", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run("FAILED")
+        _end(run, "FAILED", redact_text(f"{type(err).__name__}: {err}")[:5000])
         raise
     else:
         mlflow.end_run("FINISHED")
@@ -154,6 +154,27 @@ def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         if previous in (signal.SIG_DFL, None):
             with contextlib.suppress(ValueError):
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _end(run: mlflow.ActiveRun, status: str, reason: str) -> None:
+    """End the run with `status`, even when its reason cannot be recorded (a full disk under
+    the store): the status is what must not stay RUNNING. If even that fails, the next stage
+    that opens the store marks it FAILED (`close_dead_runs`)."""
+    try:
+        mlflow.set_tag("failure_reason", reason)
+    except Exception as err:
+        log.warning("could not record why run %s failed: %s", run.info.run_id, err)
+    try:
+        mlflow.end_run(status)
+    except Exception as err:
+        log.warning("could not end run %s %s: %s", run.info.run_id, status, err)
+
+
+def artifact_dir(run: mlflow.ActiveRun) -> str:
+    """Where the run's artifacts are written: a local folder, or the URI of a remote store."""
+    uri = run.info.artifact_uri
+    parsed = urlparse(uri)
+    return parsed.path if parsed.scheme in ("file", "") else redact_text(uri)
 
 
 def git_commit(root: Path) -> str | None:

@@ -37,7 +37,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
         sub.add_argument("--n-trials", type=int, help="finished trials to reach (sweep.n_trials)")
     promote = commands.add_parser("promote", help="write the best trial into params.yaml")
-    storage = commands.add_parser("storage", help="print the storage URL (for optuna-dashboard)")
+    storage = commands.add_parser("storage", help="print the storage URL, password masked")
+    storage.add_argument(
+        "--show-password", action="store_true", help="print the password too (it is secret)"
+    )
     for sub in (run, work, promote, storage):
         sub.add_argument("--study", help="study name (sweep.study)")
         sub.add_argument(
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = params.sweep
     url = storage_url(cfg, project_root(args.params), args.storage)
     if args.command == "storage":
-        print(url if "://" in url else Path(url).as_posix())
+        print(url if args.show_password else redact(url))
         return
     if args.command == "promote":
         promote(args.params, args.study or cfg.study, url)
@@ -92,8 +95,9 @@ def promote(params_path: Path, study_name: str, url: str) -> None:
     """Write the best complete trial's settings into `params_path`."""
     import optuna
 
-    from digits.tools.sweep.study import open_storage
+    from digits.tools.sweep.study import open_storage, repair_storage
 
+    repair_storage(url)
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(url, 60))
     except KeyError:

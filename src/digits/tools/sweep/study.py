@@ -30,7 +30,8 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     """A SQLAlchemy URL -> RDBStorage with heartbeats (a dead worker's trial turns FAIL);
     a file path -> JournalStorage, safe for many processes on one machine."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend
+
+    from digits.lib.journal import journal_backend
 
     if "://" in url:
         with warnings.catch_warnings():
@@ -42,14 +43,22 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                 engine_kwargs={"pool_pre_ping": True},
             )
     Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(url))  # the default symlink lock
+    return optuna.storages.JournalStorage(journal_backend(url))  # the default symlink lock
+
+
+def repair_storage(url: str) -> None:
+    """Before the launcher opens a journal file (no worker running yet): drop partial records."""
+    if "://" not in url:
+        from digits.lib.journal import repair_journal
+
+        repair_journal(url)
 
 
 def redact(url: str) -> str:
     """A storage URL without its password, for logs and tags."""
-    from sqlalchemy.engine import make_url
+    from digits.lib.secrets import redact_url
 
-    return url if "://" not in url else make_url(url).render_as_string(hide_password=True)
+    return redact_url(url)
 
 
 def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:

@@ -21,6 +21,7 @@ from digits.tools.sweep.study import (
     count_trials,
     open_study,
     redact,
+    repair_storage,
     trial_epochs,
 )
 from digits.tools.sweep.trial import Interruption, Objective
@@ -152,6 +153,7 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
     from digits.lib.tracking import runs
 
     assert params.sweep is not None
+    repair_storage(opts.storage)
     study = open_study(params, opts.storage, opts.study, params.sweep.seed)
     if failed := fail_orphans(study):
         log.info("trials %s were left RUNNING by dead workers: marked FAIL", failed)
