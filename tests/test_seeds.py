@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import yaml
 
 from digits.lib.seeds import seed_list, spread, spread_metrics
 
-from conftest import stage_env
+from conftest import run_without_tensorflow
 
 
 def test_spread_is_mean_sample_sd_min_max() -> None:
@@ -67,32 +65,6 @@ def test_repeat_trains_seeds_as_child_runs_with_their_spread(
     assert len((out / "seeds.csv").read_text().splitlines()) == 4
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "repeat")}
     assert artifacts == {"repeat/seeds.csv", "repeat/spread.json"}
-
-
-NO_TENSORFLOW = """
-import sys
-from {module} import main
-try:
-    main({argv!r})
-except SystemExit as exit_:
-    print("exit", exit_.code)
-print(sorted({{"tensorflow", "keras"}} & set(sys.modules)))
-"""
-
-
-def run_without_tensorflow(module: str, argv: list[str], cwd: Path) -> tuple[str, str]:
-    """Run a CLI's main in a fresh interpreter: (stdout, stderr); stdout ends with the heavy
-    modules it had imported when it returned."""
-    code = NO_TENSORFLOW.format(module=module, argv=argv)
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=cwd,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "-2"])
