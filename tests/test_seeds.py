@@ -78,3 +78,33 @@ def test_repeat_k_below_one_names_the_key_before_tensorflow(
     assert stdout.splitlines()[-2:] == ["exit 1", "[]"], stderr
     assert "error:" in stderr and "train.repeats: Input should be greater than 0" in stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_report_shows_the_spread_of_its_own_configuration_only(
+    small_params: dict[str, Any],
+) -> None:
+    import pandas as pd
+
+    from digits.lib.config import parse_params, run_params
+    from digits.lib.seeds import run_record
+    from digits.stages.report import render
+
+    params = parse_params(small_params)
+    rows = [{"test/accuracy": 0.97, "test/errors": 30}, {"test/accuracy": 0.98, "test/errors": 20}]
+    record = run_record(params, [42, 43], run_id="abc", spread=spread(rows))
+    args = (
+        {"test/accuracy": 0.97, "test/errors": 30, "test/loss": 0.1},
+        {"train/epochs": 2, "selected/epoch": 2, "train/seconds": 1.0},
+        pd.DataFrame({"digit": [0], "precision": [1.0]}),
+        {},
+        "run",
+    )
+    text = render(run_params(params), *args, None, record)
+    assert "## Spread over seeds" in text and "seed 42, one of them" in text
+    assert "| test/accuracy | 0.9750 | 0.0071 | 0.9700 | 0.9800 |" in text
+    assert "| test/errors | 25 | 7.0711 | 20 | 30 |" in text
+    other = run_params(params.with_overrides({"train.learning_rate": 0.5}))
+    assert "Spread over seeds" not in render(other, *args, None, record), "not its configuration"
+    reseeded = run_params(params.with_overrides({"train.seed": 7}))
+    text = render(reseeded, *args, None, record)
+    assert "Spread over seeds" in text and "one of them" not in text

@@ -98,6 +98,7 @@ CLIS = [
     "digits.stages.evaluate",
     "digits.stages.report",
     "digits.tools.predict",
+    "digits.tools.repeat",
     "digits.tools.ladder",
     "digits.tools.bench",
     "digits.tools.stagedeps",

@@ -33,8 +33,8 @@ def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
     import pandas as pd
 
     from digits.lib.data import file_digest, load_splits
-    from digits.lib.seeds import fit_seeds, log_spread
     from digits.lib.tracking import runs
+    from digits.lib.tracking.seeds import fit_seeds, log_spread
     from digits.stages.evaluate import score
 
     splits = load_splits(data, ("train", "val", "test"))

@@ -107,8 +107,8 @@ class Objective:
         import optuna
 
         from digits.lib.config import run_params
-        from digits.lib.seeds import fit_seeds, log_spread
         from digits.lib.tracking import runs
+        from digits.lib.tracking.seeds import fit_seeds, log_spread
         from digits.lib.training import fit_logged
 
         trial.set_user_attr("worker", runs.process_id())  # first: who owns this trial
