@@ -157,5 +157,5 @@ class Objective:
             mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {pruned}")
-        values = [scores(rows)[name] for name in sweep.objectives]
+        values = [scores(rows)[objective] for objective in sweep.objectives]
         return values[0] if len(values) == 1 else values
