@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from digits.lib.cli import stage_main
-from digits.lib.config import Params, load_params
+from digits.lib.config import Params, load_params, parse_params
 from digits.lib.files import project_root, write_json, write_text
 from digits.lib.seeds import describe, run_record, seed_list
 
@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.repeats is not None:  # validated like the file: `train.repeats` named on error
-        params = params.with_overrides({"train.repeats": args.repeats})
+        tree = params.model_dump()
+        tree["train"]["repeats"] = args.repeats
+        params = parse_params(tree, f"--repeats {args.repeats} (make repeat K=)")
 
     from digits.lib.tracking import runs
 
