@@ -190,9 +190,3 @@ class SweepOptions:
     out: Path = Path("reports/sweep")
     workers: int = 1
     timeout: float | None = None  # seconds for this `make sweep`
-
-
-def objective_names(params: Params) -> list[str]:
-    """The study's objectives, in the order of its values."""
-    assert params.sweep is not None
-    return list(params.sweep.objectives)

@@ -159,8 +159,8 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
     epochs = trial_epochs(params) * params.sweep.repeats  # a trial's whole budget: every seed
     if reason := pruning_off_reason(params.sweep):
         log.warning("%s", reason)
-    elif len(params.sweep.objectives) == 1 and params.sweep.pruner != "none":
-        log.info("pruning: %s on each trial's first seed", params.sweep.pruner)
+    elif params.sweep.pruner != "none" and params.sweep.repeats > 1:
+        log.info("pruning: %s, on each trial's first seed", params.sweep.pruner)
 
     def results() -> dict[str, Any]:
         cfg = params.sweep
