@@ -492,5 +492,7 @@ def test_repeats_optimise_the_mean_and_prune_on_the_first_seed(
     assert complete.user_attrs["epochs"] == 4
     (first,) = by_parent[pruned.user_attrs["mlflow_run_id"]]  # pruned: no second seed
     assert first.data.params["train.seed"] == "42"
+    pruned_run = client(project).get_run(pruned.user_attrs["mlflow_run_id"])
+    assert not [m for m in pruned_run.data.metrics if m.endswith(".mean")]
     steps = client(project).get_metric_history(first.info.run_id, "val/accuracy")
     assert pruned.user_attrs["epochs"] == len(steps) <= 2

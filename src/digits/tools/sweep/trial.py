@@ -147,7 +147,8 @@ class Objective:
                         callbacks,
                         stop=lambda: bool(pruning and pruning.pruned_epoch),
                     )
-                    log_spread(rows)
+                    if not pruning or not pruning.pruned_epoch:  # one partial seed has no spread
+                        log_spread(rows)
             except BaseException:
                 mlflow.set_tag("optuna.state", "FAIL")
                 raise
