@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PORT ?= 5000
 
-.PHONY: help setup repro test test-all lint format ui sweep promote dashboard ladder bench predict clean
+.PHONY: help setup repro test test-all lint format ui repeat sweep promote dashboard ladder bench predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -42,6 +42,12 @@ format: setup ## Apply ruff's fixes and formatting
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
+
+repeat: setup ## Train K seeds of params.yaml's configuration, each evaluated (K=, else train.repeats) -> reports/repeat/, report
+	dvc repro preprocess
+	python -m digits.tools.repeat $(if $(K),--repeats $(K))
+	dvc repro
+	dvc repro --force --single-item report  # spread.json is read when present, not a DVC dep
 
 # A STORAGE URL may hold a password: it reaches the tools in their environment ($OPTUNA_STORAGE),
 # never on a command line, which make echoes and `ps` shows

@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import os
 import socket
+import subprocess
 import sys
 import threading
 import uuid
@@ -178,3 +179,29 @@ def stage_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("DVC_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return {**env, **extra}
+
+
+NO_TENSORFLOW = """
+import sys
+from {module} import main
+try:
+    main({argv!r})
+except SystemExit as exit_:
+    print("exit", exit_.code)
+print(sorted({{"tensorflow", "keras"}} & set(sys.modules)))
+"""
+
+
+def run_without_tensorflow(module: str, argv: list[str], cwd: Path) -> tuple[str, str]:
+    """Run a CLI's main in a fresh interpreter: (stdout, stderr); stdout ends with the heavy
+    modules it had imported when it returned."""
+    code = NO_TENSORFLOW.format(module=module, argv=argv)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.stdout, done.stderr

@@ -4,6 +4,7 @@ promote; against the embedded journal storage and against PostgreSQL."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,13 @@ from digits.tools.sweep.study import (
     storage_url,
 )
 
-from conftest import ROOT, drop_database, postgres_database, stage_env
+from conftest import (
+    ROOT,
+    drop_database,
+    postgres_database,
+    run_without_tensorflow,
+    stage_env,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -331,3 +338,158 @@ def test_space_dimensions_are_checked_together(small_params: dict[str, Any]) -> 
     del small_params["sweep"]["space"]["model.mlp.width"]
     with pytest.raises(ParamsError, match=r"sweep\.space\.model\.mlp\.depth: width lists 4 layer"):
         parse_params(small_params)
+
+
+# --- several objectives, several seeds per trial (issue 16, points 4 and 5) ------------------
+
+
+def test_pick_takes_the_smallest_model_near_the_best_accuracy() -> None:
+    import optuna
+
+    from digits.lib.config import PromoteRule
+    from digits.tools.sweep.results import pick
+
+    def trial(number: int, accuracy: float, n_params: int) -> Any:
+        done = optuna.trial.create_trial(values=[accuracy, n_params])
+        done.number = number
+        return done
+
+    front = [trial(0, 0.9800, 400_000), trial(1, 0.9792, 100_000), trial(2, 0.9750, 20_000)]
+    names, ways = ["val/accuracy", "model.n_params"], ["maximize", "minimize"]
+    assert pick(front, names, ways, PromoteRule(tolerance=0.001)).number == 1
+    assert pick(front, names, ways, PromoteRule(tolerance=0.0)).number == 0
+    assert pick(front, names, ways, PromoteRule(tolerance=0.01)).number == 2
+    by_accuracy = PromoteRule(metric="model.n_params", then="val/accuracy", tolerance=100_000)
+    assert pick(front, names, ways, by_accuracy).number == 1  # within 100k of 20k: 1 and 2
+
+
+@pytest.mark.parametrize(
+    ("objectives", "promote", "message"),
+    [
+        ({"val/acc": "maximize"}, {}, "sweep.objectives.val/acc: unknown objective"),
+        ({"test/accuracy": "maximize"}, {}, "sweep.objectives.test/accuracy: the test set never"),
+        ({"val/accuracy": "maximise"}, {}, "sweep.objectives.val/accuracy: Input should be"),
+        ({"val/loss": "maximize"}, {}, "sweep.objectives.val/loss: val/loss is to minimize"),
+        (
+            {"val/accuracy": "maximize", "train/seconds": "minimize"},
+            {},
+            "sweep.promote.then: model.n_params is not in sweep.objectives",
+        ),
+        ({"val/accuracy": "maximize"}, {"then": "n_params"}, "sweep.promote.then: unknown metric"),
+    ],
+)
+def test_bad_objectives_name_the_key(
+    small_params: dict[str, Any], objectives: dict, promote: dict, message: str
+) -> None:
+    from digits.lib.config import ParamsError
+
+    small_params["sweep"]["objectives"] = objectives
+    small_params["sweep"]["promote"].update(promote)
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parse_params(small_params)
+
+
+def test_bad_objective_stops_make_sweep_before_tensorflow(project: Path) -> None:
+    text = (project / "params.yaml").read_text()  # edit_params would refuse it
+    (project / "params.yaml").write_text(
+        text.replace("val/accuracy: maximize", "val/accuracy: best")
+    )
+    stdout, stderr = run_without_tensorflow(
+        "digits.tools.sweep.__main__", ["--params", "params.yaml", "run"], project
+    )
+    assert stdout.splitlines()[-2:] == ["exit 1", "[]"], stderr
+    assert "error:" in stderr and "sweep.objectives.val/accuracy: Input should be" in stderr
+
+
+def test_a_study_keeps_its_objectives(project: Path) -> None:
+    from digits.tools.sweep.study import StudyMismatch
+
+    load(project)  # created with the default objective and one seed
+    edit_params(project / "params.yaml", {"sweep.repeats": 3})
+    with pytest.raises(StudyMismatch, match=re.escape("sweep.repeats 3")):
+        load(project)
+
+
+def test_multi_objective_sweep_has_a_pareto_front_and_never_prunes(
+    project: Path, processed: Path
+) -> None:
+    objectives = {"val/accuracy": "maximize", "model.n_params": "minimize"}
+    edit_params(project / "params.yaml", {"sweep.objectives": objectives})
+    study = load(project)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    # the median pruner (the default) would prune the second trial in a single-objective study
+    study.enqueue_trial({"train.optimizer": "adam", "train.learning_rate": 0.003})
+    study.enqueue_trial({"train.optimizer": "momentum", "train.learning_rate": 1e-4})
+    output = run_sweep(project, processed, "--n-trials", "4")
+    assert "sweep.pruner 'median' is ignored: Optuna prunes single-objective" in output
+    study = load(project)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4, output
+    assert all(t.user_attrs["epochs"] == 2 for t in study.trials), "every epoch trained"
+
+    out = project / "reports/sweep"
+    front = sorted(t.number for t in study.best_trials)
+    pareto = (out / "pareto.csv").read_text().splitlines()
+    assert pareto[0].startswith("number,val/accuracy,model.n_params,promoted,")
+    assert sorted(int(row.split(",")[0]) for row in pareto[1:]) == front
+    assert (out / "pareto_front.png").stat().st_size > 1000
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    assert best["pareto_front"] == front and best["rule"].startswith("smallest model.n_params")
+    chosen = study.trials[best["trial"]]
+    top = max(study.trials[n].values[0] for n in front)
+    near = [study.trials[n] for n in front if study.trials[n].values[0] >= top - 0.001]
+    assert chosen.values[1] == min(t.values[1] for t in near)
+    for trial in study.trials:  # the objectives are the trial's own measurements
+        assert trial.values == [
+            trial.user_attrs["scores"]["val/accuracy"],
+            trial.user_attrs["scores"]["model.n_params"],
+        ]
+
+    (parent,), _ = sweep_runs(project)
+    assert "ignored" in parent.data.tags["optuna.pruning"]
+    assert parent.data.metrics["trials/pareto"] == len(front)
+    assert parent.data.metrics["promoted/model.n_params"] == chosen.values[1]
+    artifacts = {a.path for a in client(project).list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/pareto.csv", "sweep/pareto_front.png", "sweep/best_params.yaml"} <= artifacts
+
+    cmd = [str(BIN / "python"), "-m", "digits.tools.sweep", "--params", "params.yaml", "promote"]
+    done = subprocess.run(cmd, cwd=project, env=stage_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"trial {chosen.number} (" in done.stdout
+    settings = flatten(
+        parse_params(yaml.safe_load((project / "params.yaml").read_text())).model_dump()
+    )
+    for key, value in chosen.user_attrs["overrides"].items():
+        assert settings[key] == value, key
+
+
+def test_repeats_optimise_the_mean_and_prune_on_the_first_seed(
+    project: Path, processed: Path
+) -> None:
+    edit_params(project / "params.yaml", {"sweep.repeats": 2})
+    study = load(project)
+    study.enqueue_trial({"train.optimizer": "adam", "train.learning_rate": 0.003})
+    study.enqueue_trial({"train.optimizer": "momentum", "train.learning_rate": 1e-4})
+    output = run_sweep(project, processed, "--n-trials", "2")
+    study = load(project)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"], output
+
+    found = client(project).search_runs(
+        [client(project).get_experiment_by_name("mnist").experiment_id]
+    )
+    by_parent: dict[str, list[Any]] = {}
+    for run in found:
+        by_parent.setdefault(run.data.tags.get("mlflow.parentRunId", ""), []).append(run)
+    complete, pruned = study.trials
+    seeds = by_parent[complete.user_attrs["mlflow_run_id"]]
+    assert sorted(r.data.params["train.seed"] for r in seeds) == ["42", "43"]
+    accuracies = [r.data.metrics["selected/val_accuracy"] for r in seeds]
+    assert complete.value == pytest.approx(sum(accuracies) / 2)
+    trial_run = client(project).get_run(complete.user_attrs["mlflow_run_id"])
+    assert trial_run.data.metrics["selected/val_accuracy.mean"] == pytest.approx(complete.value)
+    assert complete.user_attrs["epochs"] == 4
+    (first,) = by_parent[pruned.user_attrs["mlflow_run_id"]]  # pruned: no second seed
+    assert first.data.params["train.seed"] == "42"
+    pruned_run = client(project).get_run(pruned.user_attrs["mlflow_run_id"])
+    assert not [m for m in pruned_run.data.metrics if m.endswith(".mean")]
+    steps = client(project).get_metric_history(first.info.run_id, "val/accuracy")
+    assert pruned.user_attrs["epochs"] == len(steps) <= 2

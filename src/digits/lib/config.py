@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from digits import PipelineError
+from digits.lib.vocab import OBJECTIVES, direction
 
 Activation = Literal["relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish"]
 OptimizerName = Literal["sgd", "momentum", "rmsprop", "adagrad", "adadelta", "adam"]
@@ -33,6 +34,7 @@ MAX_EPOCHS = 10_000
 # x4 when training with Adam (weights, gradients, two moments): 16 GB at this ceiling
 MAX_PARAMS = 1_000_000_000
 Units = Annotated[int, Field(gt=0, le=MAX_UNITS)]
+Direction = Literal["maximize", "minimize"]
 IDX_KINDS = ("images-idx3-ubyte", "labels-idx1-ubyte")
 # Real MNIST's decompressed sizes in bytes: the download is capped at these plus a margin
 MNIST_SIZES = {
@@ -174,6 +176,8 @@ class TrainConfig(Strict):
     monitor: Literal["val/loss", "val/accuracy"] = "val/accuracy"
     patience: int = Field(default=10, ge=0, le=MAX_EPOCHS)
     seed: Seed = 42
+    # `make repeat`: seeds train.seed, train.seed + 1, ...; the train stage trains train.seed only
+    repeats: int = Field(default=5, gt=0, le=1_000)
 
 
 class PredictConfig(Strict):
@@ -219,6 +223,15 @@ class Dimension(Strict):
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
 
+class PromoteRule(Strict):
+    """How `make promote` picks one trial of a Pareto front (several objectives): among the
+    front's trials within `tolerance` of the best `metric`, the one best in `then`."""
+
+    metric: str = "val/accuracy"
+    tolerance: float = Field(default=0.001, ge=0)  # in `metric`'s units: 0.001 = 0.1 point
+    then: str = "model.n_params"
+
+
 class SweepConfig(Strict):
     """The Optuna search (`make sweep`): the space is data, keyed by dotted param names."""
 
@@ -232,6 +245,12 @@ class SweepConfig(Strict):
     startup_trials: int = Field(default=5, ge=0)  # trials before the median pruner prunes
     warmup_epochs: int = Field(default=3, ge=0)  # epochs every trial runs before it can be pruned
     heartbeat: float = Field(default=30.0, gt=0)  # seconds; stale-trial detection, RDB storages
+    # metric -> maximize | minimize; two or more make a Pareto front (and turn pruning off)
+    objectives: dict[str, Direction] = Field(
+        default_factory=lambda: {"val/accuracy": "maximize"}, min_length=1
+    )
+    repeats: int = Field(default=1, gt=0)  # seeds per trial; each objective is their mean
+    promote: PromoteRule = PromoteRule()
     fixed: dict[str, Any]  # the same for every trial, e.g. `train.epochs: 15`
     space: dict[str, Dimension] = Field(min_length=1)
 
@@ -279,6 +298,12 @@ class Params(Strict):
         return self
 
     @model_validator(mode="after")
+    def _sweep_objectives_are_known(self) -> Params:
+        if self.sweep is not None and (problems := objective_problems(self.sweep)):
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _sweep_fits_schema(self) -> Params:
         if self.sweep is None:
             return self
@@ -304,6 +329,35 @@ class Params(Strict):
         for key, value in overrides.items():
             set_dotted(tree, key, value)
         return parse_params(tree, "overrides")
+
+
+def objective_problems(sweep: SweepConfig) -> list[str]:
+    """Why `sweep.objectives` or `sweep.promote` cannot be run, one message per key: names
+    outside the vocabulary, a direction that would seek the worst models, a promotion rule on a
+    metric the study does not optimise."""
+    known = ", ".join(OBJECTIVES)
+    problems = []
+    for name, way in sweep.objectives.items():
+        key = f"sweep.objectives.{name}"
+        if name.startswith("test/"):
+            problems.append(f"{key}: the test set never selects models; use val/ (one of {known})")
+        elif name not in OBJECTIVES:
+            problems.append(f"{key}: unknown objective; one of {known}")
+        elif way != direction(name):
+            problems.append(f"{key}: {name} is to {direction(name)}, not {way}")
+    rule = sweep.promote
+    for field in ("metric", "then"):
+        name = getattr(rule, field)
+        if name not in OBJECTIVES:
+            problems.append(f"sweep.promote.{field}: unknown metric {name!r}; one of {known}")
+        elif len(sweep.objectives) > 1 and name not in sweep.objectives:
+            problems.append(
+                f"sweep.promote.{field}: {name} is not in sweep.objectives "
+                f"({', '.join(sweep.objectives)}), so the Pareto front says nothing about it"
+            )
+    if rule.metric == rule.then:
+        problems.append("sweep.promote.then: must differ from sweep.promote.metric")
+    return problems
 
 
 def _override_problems(
@@ -511,6 +565,6 @@ def run_params(params: Params) -> dict[str, Any]:
             "augment": model.augment.model_dump(),
             "dtype_policy": model.dtype_policy,
         },
-        "train": params.train.model_dump(),
+        "train": params.train.model_dump(exclude={"repeats"}),  # how many runs, not what each is
     }
     return flatten(tree)

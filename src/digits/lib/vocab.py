@@ -25,6 +25,15 @@ KERAS_TO_METRIC = {
 }
 METRIC_TO_KERAS = {v: k for k, v in KERAS_TO_METRIC.items()}
 
+# What a sweep can optimise (`sweep.objectives`), each read from a trained run's summary:
+# validation metrics at the kept epoch, the model's size and the fit's time. Never a test metric.
+OBJECTIVES = {
+    "val/accuracy": "selected/val_accuracy",
+    "val/loss": "selected/val_loss",
+    "model.n_params": "model.n_params",
+    "train/seconds": "train/seconds",
+}
+
 
 def metric_name(keras_name: str) -> str:
     """`val_accuracy` -> `val/accuracy`; a name outside the vocabulary is kept as it is."""
@@ -49,6 +58,11 @@ def epoch_metrics(logs: Mapping[str, float] | None) -> dict[str, float]:
 def higher_is_better(metric: str) -> bool:
     """Accuracy-like metrics are maximised, losses and counts (errors, seconds) minimised."""
     return metric.rsplit("/", 1)[-1].endswith("accuracy")
+
+
+def direction(metric: str) -> str:
+    """Optuna's word for the way `metric` improves: `maximize` or `minimize`."""
+    return "maximize" if higher_is_better(metric) else "minimize"
 
 
 def is_better(metric: str, value: float, than: float) -> bool:

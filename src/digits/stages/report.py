@@ -42,9 +42,11 @@ def render(
     images: dict[str, str],
     run_id: str,
     registry: dict[str, Any] | None = None,
+    spread: dict[str, Any] | None = None,
 ) -> str:
     """The report's Markdown; `images` maps figure keys to paths relative to the report;
-    `registry` is what `evaluate` did in the model registry."""
+    `registry` is what `evaluate` did in the model registry; `spread` is `make repeat`'s
+    record, shown when it is of this configuration."""
     accuracy = metrics["test/accuracy"]
     epochs, selected = train_metrics["train/epochs"], train_metrics["selected/epoch"]
     parts = [
@@ -64,10 +66,31 @@ def render(
     ]
     if registry:
         parts += ["## Model registry", registry["decision"] + "."]
+    parts += spread_section(params, spread)
     for title, key in FIGURES:
         if key in images:
             parts += [f"## {title}", f"![{title}]({images[key]})"]
     return "\n\n".join(parts) + "\n"
+
+
+def spread_section(params: dict[str, Any], spread: dict[str, Any] | None) -> list[str]:
+    """`make repeat`'s mean, sd, min and max over seeds, if it measured this very configuration
+    (every setting but the seed); nothing otherwise, so a stale spread is never shown."""
+    config = {k: v for k, v in params.items() if k != "train.seed"}
+    if not spread or spread.get("config") != config:
+        return []
+    from digits.lib.seeds import describe
+
+    seeds = spread["seeds"]
+    own = " (this report's model is seed {}, one of them)".format(params["train.seed"])
+    return [
+        "## Spread over seeds",
+        f"`make repeat`: this configuration trained with {len(seeds)} seeds "
+        f"({', '.join(map(str, seeds))}){own if params['train.seed'] in seeds else ''}, "
+        f"each evaluated on the test set; MLflow parent run `{spread['run_id']}`. "
+        "sd is the sample standard deviation over seeds.",
+        _table(describe(spread["spread"]), ("metric", "mean", "sd", "min", "max")),
+    ]
 
 
 @stage_main
@@ -86,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--figures", type=Path, required=True, help="folder of evaluate's PNGs")
     parser.add_argument("--out", type=Path, required=True, help="the Markdown report to write")
+    parser.add_argument(
+        "--spread", type=Path, help="`make repeat`'s spread.json, shown when present and matching"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
@@ -99,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         images,
         json.loads(args.run_info.read_text())["run_id"],
         json.loads(args.registry.read_text()),
+        json.loads(args.spread.read_text()) if args.spread and args.spread.is_file() else None,
     )
     write_text(args.out, text)
 

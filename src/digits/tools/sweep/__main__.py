@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from digits.lib.cli import stage_main
-from digits.lib.config import ParamsError, edit_params, load_params
+from digits.lib.config import ParamsError, SweepConfig, edit_params, load_params
 from digits.lib.files import project_root
-from digits.tools.sweep.study import OBJECTIVE, SweepOptions, count_trials, redact, storage_url
+from digits.tools.sweep.study import SweepOptions, count_trials, redact, storage_url
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(url if args.show_password else redact(url))
         return
     if args.command == "promote":
-        promote(args.params, args.study or cfg.study, url)
+        promote(args.params, args.study or cfg.study, url, cfg)
         return
     if getattr(args, "workers", 1) < 1:
         raise ParamsError("--workers must be at least 1")
@@ -84,30 +84,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     summary = workers.sweep(params, opts)
     print(f"sweep {opts.study}: {count_trials_line(summary)}")
-    if best := summary.get("best"):
+    if (best := summary.get("best")) and "rule" in best:
+        print(f"Pareto front: trials {best['pareto_front']}; {best['rule']}:")
+    if best:
         print(
-            f"best trial {best['trial']}: {OBJECTIVE} {best['value']:.4f}; "
+            f"{'best ' if 'rule' not in best else ''}trial {best['trial']}: {values_text(best)}; "
             f"`make promote` writes its settings into {args.params}"
         )
 
 
-def promote(params_path: Path, study_name: str, url: str) -> None:
-    """Write the best complete trial's settings into `params_path`."""
+def values_text(best: dict) -> str:
+    """'val/accuracy 0.9861' or 'val/accuracy 0.9850, model.n_params 203530'."""
+    values = best.get("values") or {best["objective"]: best["value"]}
+    return ", ".join(f"{k} {v:.4f}" if abs(v) < 100 else f"{k} {v:g}" for k, v in values.items())
+
+
+def promote(params_path: Path, study_name: str, url: str, cfg: SweepConfig) -> None:
+    """Write the chosen trial's settings into `params_path`: the best complete trial, or with
+    several objectives the Pareto-front trial that `sweep.promote` picks."""
     import optuna
 
-    from digits.tools.sweep.study import open_storage, repair_storage
+    from digits.tools.sweep.results import best_record
+    from digits.tools.sweep.study import check_same_objectives, open_storage, repair_storage
 
     repair_storage(url)
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(url, 60))
     except KeyError:
         raise ParamsError(f"no study {study_name!r} in {redact(url)}; check STUDY=") from None
+    check_same_objectives(study, cfg)
     if not count_trials(study).complete:
         raise ParamsError(f"study {study_name!r} has no complete trial yet; run `make sweep`")
-    best = study.best_trial
-    edit_params(params_path, best.user_attrs["overrides"])
-    print(f"trial {best.number} ({OBJECTIVE} {best.value:.4f}) written to {params_path}:")
-    for key, value in best.user_attrs["overrides"].items():
+    best = best_record(study, cfg.objectives, cfg.promote)
+    overrides = study.trials[best["trial"]].user_attrs["overrides"]
+    edit_params(params_path, overrides)
+    if "rule" in best:
+        print(f"Pareto front of {study_name!r}: trials {best['pareto_front']}; {best['rule']}:")
+    print(f"trial {best['trial']} ({values_text(best)}) written to {params_path}:")
+    for key, value in overrides.items():
         print(f"  {key}: {value}")
     print("now `dvc repro` (or `make repro`) trains it")
 

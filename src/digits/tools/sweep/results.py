@@ -1,4 +1,6 @@
-"""What a sweep leaves behind: trials.csv, best_params.yaml and the study's plots."""
+"""What a sweep leaves behind: trials.csv, best_params.yaml and the study's plots; with several
+objectives also the Pareto front (pareto.csv, pareto_front.png) and the one trial `make promote`
+picks from it by the rule in `sweep.promote`."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from digits.lib.config import nest
+from digits.lib.config import PromoteRule, nest
 from digits.lib.files import write_text
-from digits.tools.sweep.study import OBJECTIVE, count_trials
+from digits.tools.sweep.study import count_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -19,40 +21,121 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def trials_frame(study: optuna.Study) -> Any:
-    """One row per trial: number, state, value, duration, epochs, params, MLflow run."""
+def objective_values(trial: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
+    """{objective: value} of a complete trial; None for the others."""
+    values = trial.values or [None] * len(names)
+    return dict(zip(names, values, strict=True))
+
+
+def trials_frame(study: optuna.Study, names: list[str]) -> Any:
+    """One row per trial: number, state, value (one objective) or one column per objective and
+    `pareto` (several), duration, epochs, params, MLflow run."""
     import pandas as pd
 
+    several = len(names) > 1
+    front = {t.number for t in study.best_trials} if several else set()
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        values = objective_values(t, names) if several else {"value": t.value}
+        if several:
+            values["pareto"] = t.number in front
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                **values,
+                "duration": t.duration.total_seconds() if t.duration else None,
+                "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
+                **t.params,
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            }
+        )
+    empty = ["number", "state", *(names if several else ["value"])]
+    return pd.DataFrame(rows, columns=None if rows else empty)
+
+
+def pick(
+    front: list[optuna.trial.FrozenTrial],
+    names: list[str],
+    directions: list[str],
+    rule: PromoteRule,
+) -> optuna.trial.FrozenTrial:
+    """The one trial of a Pareto front that `rule` picks: of the trials within `tolerance` of
+    the best `metric`, the best in `then`; ties go to the better `metric`, then the earlier
+    trial. Every trial of the front is best at something, so the rule is the choice."""
+    sign = {n: 1.0 if d == "maximize" else -1.0 for n, d in zip(names, directions, strict=True)}
+    m, then = names.index(rule.metric), names.index(rule.then)
+    top = max(sign[rule.metric] * t.values[m] for t in front)
+    near = [t for t in front if sign[rule.metric] * t.values[m] >= top - rule.tolerance - 1e-12]
+    return max(
+        near,
+        key=lambda t: (
+            sign[rule.then] * t.values[then],
+            sign[rule.metric] * t.values[m],
+            -t.number,
+        ),
+    )
+
+
+def rule_text(rule: PromoteRule, directions: dict[str, str]) -> str:
+    """`sweep.promote` in words."""
+    best = "smallest" if directions[rule.then] == "minimize" else "largest"
+    return f"{best} {rule.then} within {rule.tolerance:g} of the best {rule.metric}"
+
+
+def chosen_trial(study: optuna.Study, objectives: dict[str, str], rule: PromoteRule) -> Any:
+    """The trial `make promote` writes: the best one, or the rule's pick from the Pareto front."""
+    if len(objectives) == 1:
+        return study.best_trial
+    return pick(study.best_trials, list(objectives), list(objectives.values()), rule)
+
+
+def best_record(study: optuna.Study, objectives: dict[str, str], rule: PromoteRule) -> dict:
+    """What `best_params.yaml` holds: the chosen trial's number, values and settings (and, with
+    several objectives, the rule that chose it and the trials on the front)."""
+    names = list(objectives)
+    best = chosen_trial(study, objectives, rule)
+    record: dict[str, Any] = {"study": study.study_name, "trial": best.number}
+    if len(names) == 1:
+        record.update(objective=names[0], value=best.value)
+    else:
+        record.update(
+            objectives=dict(objectives),
+            values=objective_values(best, names),
+            rule=rule_text(rule, objectives),
+            pareto_front=sorted(t.number for t in study.best_trials),
+        )
+    record.update(
+        mlflow_run_id=best.user_attrs.get("mlflow_run_id"),
+        params=nest(best.user_attrs["overrides"]),
+    )
+    return record
+
+
+def pareto_frame(study: optuna.Study, objectives: dict[str, str], chosen: int) -> Any:
+    """The trials on the Pareto front, best first in the first objective: number, values,
+    `promoted` (the rule's pick), params, MLflow run."""
+    import pandas as pd
+
+    names = list(objectives)
+    first = -1.0 if objectives[names[0]] == "maximize" else 1.0
+    front = sorted(study.best_trials, key=lambda t: (first * t.values[0], t.number))
     rows = [
         {
             "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            "duration": t.duration.total_seconds() if t.duration else None,
-            "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
+            **objective_values(t, names),
+            "promoted": t.number == chosen,
             **t.params,
             "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
         }
-        for t in study.get_trials(deepcopy=False)
+        for t in front
     ]
-    return pd.DataFrame(rows, columns=None if rows else ["number", "state", "value"])
+    return pd.DataFrame(rows)
 
 
-def best_record(study: optuna.Study) -> dict[str, Any]:
-    """What `best_params.yaml` holds: the best trial's number, value and settings."""
-    best = study.best_trial
-    return {
-        "study": study.study_name,
-        "trial": best.number,
-        "objective": OBJECTIVE,
-        "value": best.value,
-        "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
-        "params": nest(best.user_attrs["overrides"]),
-    }
-
-
-def write_plots(study: optuna.Study, out: Path) -> list[Path]:
-    """Optimization history, parameter importances and parallel coordinates as PNGs."""
+def write_plots(study: optuna.Study, out: Path, names: list[str]) -> list[Path]:
+    """Optimization history, parameter importances and parallel coordinates as PNGs (of the
+    first objective when there are several), and the Pareto front of 2 or 3 objectives."""
     import matplotlib
     import optuna
     from optuna.visualization import matplotlib as ovm
@@ -62,11 +145,18 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
     from digits.lib import plots
 
     written = []
+    first: dict[str, Any] = {}
+    if len(names) > 1:  # Optuna plots one target; the first objective is the headline
+        first = {"target": lambda t: t.values[0], "target_name": names[0]}
     makers = {
-        "optimization_history": ovm.plot_optimization_history,
-        "param_importances": ovm.plot_param_importances,
-        "parallel_coordinate": ovm.plot_parallel_coordinate,
+        "optimization_history": lambda s: ovm.plot_optimization_history(s, **first),
+        "param_importances": lambda s: ovm.plot_param_importances(s, **first),
+        "parallel_coordinate": lambda s: ovm.plot_parallel_coordinate(s, **first),
     }
+    if len(names) in (2, 3):
+        makers["pareto_front"] = lambda s: ovm.plot_pareto_front(s, target_names=names)
+    elif len(names) > 3:
+        log.warning("no pareto_front plot: %d objectives (2 or 3 can be drawn)", len(names))
     for name, make in makers.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -82,8 +172,14 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
     return written
 
 
-def summary_metrics(study: optuna.Study, epochs_per_trial: int) -> dict[str, float]:
-    """The sweep's totals: best value, trials by state, epochs trained and saved by pruning."""
+def best_metric(name: str) -> str:
+    """The parent run's metric for the best value of an objective: `best/val_accuracy`."""
+    return "best/" + name.replace("/", "_")
+
+
+def summary_metrics(study: optuna.Study, epochs_per_trial: int, names: list[str]) -> dict:
+    """The sweep's totals: best value of each objective, trials by state (and on the Pareto
+    front), epochs trained and saved by pruning (`epochs_per_trial`: all seeds of a trial)."""
     counts = count_trials(study)
     trials = study.get_trials(deepcopy=False)
 
@@ -101,21 +197,41 @@ def summary_metrics(study: optuna.Study, epochs_per_trial: int) -> dict[str, flo
         "epochs/trained": epochs("COMPLETE") + epochs("PRUNED"),
         "epochs/saved_by_pruning": epochs_per_trial * counts.pruned - epochs("PRUNED"),
     }
-    if counts.complete:
-        metrics["best/val_accuracy"] = study.best_value
+    if counts.complete and len(names) == 1:
+        metrics[best_metric(names[0])] = study.best_value
+    elif counts.complete:
+        front = study.best_trials
+        metrics["trials/pareto"] = len(front)
+        for i, (name, way) in enumerate(zip(names, study.directions, strict=True)):
+            best = max if way.name == "MAXIMIZE" else min
+            metrics[best_metric(name)] = best(t.values[i] for t in front)
     return metrics
 
 
-def write_results(study: optuna.Study, out: Path, epochs_per_trial: int) -> dict[str, Any]:
-    """trials.csv, best_params.yaml and the plots in `out`; returns the summary."""
+def write_results(
+    study: optuna.Study,
+    out: Path,
+    epochs_per_trial: int,
+    objectives: dict[str, str],
+    rule: PromoteRule,
+) -> dict[str, Any]:
+    """trials.csv, best_params.yaml, the plots and (several objectives) pareto.csv in `out`;
+    returns the summary."""
+    names = list(objectives)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "trials.csv", trials_frame(study).to_csv(index=False, float_format="%.6g"))
-    summary: dict[str, Any] = summary_metrics(study, epochs_per_trial)
-    if summary.get("best/val_accuracy") is not None:
-        best = best_record(study)
+    frame = trials_frame(study, names)
+    write_text(out / "trials.csv", frame.to_csv(index=False, float_format="%.6g"))
+    summary: dict[str, Any] = summary_metrics(study, epochs_per_trial, names)
+    if count_trials(study).complete:
+        best = best_record(study, objectives, rule)
         write_text(out / "best_params.yaml", yaml.safe_dump(best, sort_keys=False))
         summary["best"] = best
-    summary["plots"] = [str(p) for p in write_plots(study, out)]
+        if len(names) > 1:
+            pareto = pareto_frame(study, objectives, best["trial"])
+            write_text(out / "pareto.csv", pareto.to_csv(index=False, float_format="%.6g"))
+            for name, value in best["values"].items():
+                summary[f"promoted/{name.replace('/', '_')}"] = value
+    summary["plots"] = [str(p) for p in write_plots(study, out, names)]
     return summary
 
 

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from digits import PipelineError
 from digits.lib.config import Params, SweepConfig
+from digits.lib.vocab import METRIC_TO_KERAS
 
 if TYPE_CHECKING:
     import optuna
 
 DEFAULT_JOURNAL = "sweeps/optuna-journal.log"
-OBJECTIVE = "val/accuracy"  # what every trial reports per epoch and the study maximises
 FINISHED = ("COMPLETE", "PRUNED")  # trial states that count toward `n_trials`
 
 
@@ -70,10 +71,37 @@ def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+def reported_metric(cfg: SweepConfig) -> str | None:
+    """The per-epoch metric trials report to Optuna (for the pruner, the dashboard and the
+    intermediate values): the single objective when it has a value every epoch, else None
+    (Optuna takes no intermediate values in multi-objective studies)."""
+    (name, *others) = cfg.objectives
+    return name if not others and name in METRIC_TO_KERAS else None
+
+
+def pruning_off_reason(cfg: SweepConfig) -> str | None:
+    """Why `sweep.pruner` cannot act on this study, or None when it can (or is `none`)."""
+    if cfg.pruner == "none":
+        return None
+    if len(cfg.objectives) > 1:
+        return (
+            f"sweep.pruner {cfg.pruner!r} is ignored: Optuna prunes single-objective studies "
+            f"only, and this one has {len(cfg.objectives)} objectives; every trial trains all "
+            "its epochs (early stopping still applies)"
+        )
+    (name,) = cfg.objectives
+    if name not in METRIC_TO_KERAS:
+        return f"sweep.pruner {cfg.pruner!r} is ignored: {name} is known only when a fit ends"
+    return None
+
+
 def make_pruner(cfg: SweepConfig, epochs: int) -> optuna.pruners.BasePruner:
-    """Median or Hyperband on validation accuracy per epoch, or none."""
+    """Median or Hyperband on the objective's per-epoch value, or none (also whenever the study
+    cannot be pruned: several objectives, or one without per-epoch values)."""
     import optuna
 
+    if reported_metric(cfg) is None:  # several objectives, or none known per epoch
+        return optuna.pruners.NopPruner()
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs
@@ -92,18 +120,46 @@ def trial_epochs(params: Params) -> int:
 
 
 def open_study(params: Params, url: str, name: str, seed: int) -> optuna.Study:
-    """Create the study, or load it when it exists (safe to race from several processes)."""
+    """Create the study, or load it when it exists (safe to race from several processes). A
+    study keeps the objectives and repeats it was created with: values measured otherwise
+    cannot be compared, so params that disagree are an error."""
     import optuna
 
-    assert params.sweep is not None
-    return optuna.create_study(
+    cfg = params.sweep
+    assert cfg is not None
+    study = optuna.create_study(
         study_name=name,
-        storage=open_storage(url, params.sweep.heartbeat),
-        direction="maximize",
-        sampler=make_sampler(params.sweep, seed),
-        pruner=make_pruner(params.sweep, trial_epochs(params)),
+        storage=open_storage(url, cfg.heartbeat),
+        directions=list(cfg.objectives.values()),
+        sampler=make_sampler(cfg, seed),
+        pruner=make_pruner(cfg, trial_epochs(params)),
         load_if_exists=True,
     )
+    check_same_objectives(study, cfg)
+    return study
+
+
+class StudyMismatch(PipelineError):
+    """The stored study optimises other objectives, or with other repeats, than params say."""
+
+
+def check_same_objectives(study: optuna.Study, cfg: SweepConfig) -> None:
+    """Record `sweep.objectives` and `sweep.repeats` on a new study; on an existing one, stop
+    when they differ. (Studies made before these settings existed: one objective, one seed.)"""
+    wanted = {"objectives": dict(cfg.objectives), "repeats": cfg.repeats}
+    stored = {k: study.user_attrs[k] for k in wanted if k in study.user_attrs}
+    if not stored and study.get_trials(deepcopy=False):
+        stored = {"objectives": {"val/accuracy": "maximize"}, "repeats": 1}
+    if stored and stored != wanted:
+        raise StudyMismatch(
+            f"study {study.study_name!r} was run with objectives {stored['objectives']} and "
+            f"repeats {stored['repeats']}; params.yaml says sweep.objectives "
+            f"{wanted['objectives']} and sweep.repeats {wanted['repeats']}. Values measured "
+            "otherwise do not compare: name a new study (STUDY=, sweep.study)"
+        )
+    for key, value in wanted.items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
 
 
 @dataclass(frozen=True)

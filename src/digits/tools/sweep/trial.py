@@ -1,14 +1,17 @@
-"""One trial: sample the space, train with pruning in a child MLflow run, return the objective."""
+"""One trial: sample the space, train (with pruning, when the study can be pruned) in a child
+MLflow run, one nested run per seed when `sweep.repeats > 1`, and return the objective(s)."""
 
 from __future__ import annotations
 
 import signal
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from digits.lib.config import Dimension, Params
-from digits.lib.vocab import epoch_metrics, selected
-from digits.tools.sweep.study import OBJECTIVE
+from digits.lib.vocab import OBJECTIVES, epoch_metrics
+from digits.tools.sweep.study import reported_metric
 
 if TYPE_CHECKING:
     import keras
@@ -26,16 +29,17 @@ def suggest(trial: optuna.Trial, key: str, dim: Dimension) -> Any:
     return trial.suggest_float(key, float(dim.low), float(dim.high), log=dim.log)  # type: ignore[arg-type]
 
 
-def pruning_callback(trial: optuna.Trial) -> keras.callbacks.Callback:
-    """Reports the objective to the trial after every epoch (step = epoch, from 1) and
-    stops training when the pruner says so; `pruned_epoch` tells whether it did."""
+def pruning_callback(trial: optuna.Trial, metric: str) -> keras.callbacks.Callback:
+    """Reports `metric` to the trial after every epoch (step = epoch, from 1) and stops
+    training when the pruner says so; `pruned_epoch` tells whether it did. Single-objective
+    studies only: Optuna's `report` and `should_prune` raise in multi-objective ones."""
     import keras
 
     class Pruning(keras.callbacks.Callback):
         pruned_epoch: int | None = None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            trial.report(epoch_metrics(logs)[OBJECTIVE], epoch + 1)
+            trial.report(epoch_metrics(logs)[metric], epoch + 1)
             if trial.should_prune():
                 self.pruned_epoch = epoch + 1
                 self.model.stop_training = True
@@ -82,6 +86,11 @@ class Interruption:
         return Check()
 
 
+def scores(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Every objective the vocabulary knows, as the mean over the seeds' rows."""
+    return {name: statistics.fmean(r[key] for r in rows) for name, key in OBJECTIVES.items()}
+
+
 @dataclass
 class Objective:
     """Train one trial's configuration in a child run of the sweep's parent run."""
@@ -93,11 +102,13 @@ class Objective:
     study_name: str
     interruption: Interruption
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import mlflow
         import optuna
 
+        from digits.lib.config import run_params
         from digits.lib.tracking import runs
+        from digits.lib.tracking.seeds import fit_seeds, log_spread
         from digits.lib.training import fit_logged
 
         trial.set_user_attr("worker", runs.process_id())  # first: who owns this trial
@@ -106,21 +117,46 @@ class Objective:
         assert sweep is not None
         overrides = {**sweep.fixed, **{k: suggest(trial, k, d) for k, d in sweep.space.items()}}
         trial.set_user_attr("overrides", overrides)
-        pruning = pruning_callback(trial)
+        metric = reported_metric(sweep)
+        pruning = pruning_callback(trial, metric) if metric else None
+
+        def callbacks(seed_index: int) -> list[keras.callbacks.Callback]:
+            # the first seed alone is judged: it is the same seed in every trial, so the pruner
+            # compares like with like, and a pruned trial trains no further seeds
+            judged = [pruning] if pruning and seed_index == 0 else []
+            return [*judged, self.interruption.callback()]
+
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number)}
         name = f"{self.study_name}-{trial.number:03d}"
         with runs.tracked_run(run_name=name, parent_run_id=self.parent_run_id, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 params = self.params.with_overrides(overrides)
-                callbacks = [pruning, self.interruption.callback()]
-                _, history, summary = fit_logged(params, self.train, self.val, callbacks, verbose=0)
+                if sweep.repeats == 1:
+                    model, _, summary = fit_logged(
+                        params, self.train, self.val, callbacks(0), verbose=0
+                    )
+                    rows = [{**summary, "model.n_params": model.count_params()}]
+                else:
+                    mlflow.log_params({**run_params(params), "sweep.repeats": sweep.repeats})
+                    rows = fit_seeds(
+                        params,
+                        self.train,
+                        self.val,
+                        sweep.repeats,
+                        callbacks,
+                        stop=lambda: bool(pruning and pruning.pruned_epoch),
+                    )
+                    if not pruning or not pruning.pruned_epoch:  # one partial seed has no spread
+                        log_spread(rows)
             except BaseException:
                 mlflow.set_tag("optuna.state", "FAIL")
                 raise
-            trial.set_user_attr("epochs", len(history))
-            state = "PRUNED" if pruning.pruned_epoch else "COMPLETE"
-            mlflow.set_tag("optuna.state", state)
-        if pruning.pruned_epoch:
-            raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_epoch}")
-        return summary[selected(OBJECTIVE)]
+            pruned = pruning.pruned_epoch if pruning else None
+            trial.set_user_attr("epochs", int(sum(r["train/epochs"] for r in rows)))
+            trial.set_user_attr("scores", scores(rows))
+            mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")
+        if pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned}")
+        values = [scores(rows)[objective] for objective in sweep.objectives]
+        return values[0] if len(values) == 1 else values

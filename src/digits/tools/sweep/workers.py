@@ -20,6 +20,7 @@ from digits.tools.sweep.study import (
     SweepOptions,
     count_trials,
     open_study,
+    pruning_off_reason,
     redact,
     repair_storage,
     trial_epochs,
@@ -157,7 +158,16 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
     study = open_study(params, opts.storage, opts.study, params.sweep.seed)
     if failed := fail_orphans(study):
         log.info("trials %s were left RUNNING by dead workers: marked FAIL", failed)
-    epochs = trial_epochs(params)
+    epochs = trial_epochs(params) * params.sweep.repeats  # a trial's whole budget: every seed
+    if reason := pruning_off_reason(params.sweep):
+        log.warning("%s", reason)
+    elif params.sweep.pruner != "none" and params.sweep.repeats > 1:
+        log.info("pruning: %s, on each trial's first seed", params.sweep.pruner)
+
+    def results() -> dict[str, Any]:
+        cfg = params.sweep
+        return write_results(study, opts.out, epochs, dict(cfg.objectives), cfg.promote)
+
     counts = count_trials(study)
     log.info("study %r in %s: %s", opts.study, redact(opts.storage), counts)
     experiment_id = runs.setup(params.mlflow, project_root(opts.params_path))
@@ -168,9 +178,10 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
             counts.finished,
             opts.n_trials,
         )
-        return write_results(study, opts.out, epochs)
+        return results()
 
     tags = {"optuna.study": opts.study, "optuna.storage": redact(opts.storage), "sweep": "parent"}
+    tags["optuna.pruning"] = reason or ("off" if params.sweep.pruner == "none" else "on")
     with runs.tracked_run(run_name=f"sweep-{opts.study}", tags=tags) as parent:
         mlflow.log_params(
             {
@@ -206,12 +217,17 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
             runs.close_dead_runs(experiment_id, orphans=orphan_runs(study))
         if bad := {w: c for w, c in codes.items() if c}:
             log.warning("workers exited abnormally: %s", bad)
-        summary = write_results(study, opts.out, epochs)
+        summary = results()
         mlflow.log_metrics({k: v for k, v in summary.items() if k.count("/") == 1})
         if best := summary.get("best"):
             mlflow.log_params({f"best.{k}": v for k, v in flatten(best["params"]).items()})
             mlflow.set_tag("best.trial", best["trial"])
             mlflow.log_artifact(str(opts.out / "best_params.yaml"), "sweep")
+            if "rule" in best:  # several objectives: the front, and how one point was picked
+                mlflow.set_tags(
+                    {"promote.rule": best["rule"], "pareto.trials": str(best["pareto_front"])}
+                )
+                mlflow.log_artifact(str(opts.out / "pareto.csv"), "sweep")
         mlflow.log_artifact(str(opts.out / "trials.csv"), "sweep")
         for plot in summary["plots"]:
             mlflow.log_artifact(plot, "sweep")
