@@ -7,8 +7,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PORT ?= 5000
+HOST ?= 127.0.0.1
+SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
+ARTIFACTS ?= server-artifacts
 
-.PHONY: help setup repro test test-all lint format ui sweep promote dashboard ladder bench predict clean
+.PHONY: help setup repro test test-all lint format ui server sweep promote dashboard ladder bench predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -42,6 +45,10 @@ format: setup ## Apply ruff's fixes and formatting
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
+
+server: setup ## MLflow tracking server: SERVER_DB= backend, artifacts proxied (ARTIFACTS=), HOST=127.0.0.1 PORT=5000
+	python -m digits.tools.server --backend-store-uri '$(SERVER_DB)' \
+	  --artifacts-destination '$(abspath $(ARTIFACTS))' --host $(HOST) --port $(PORT)
 
 SWEEP_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS)) \
   $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STUDY),--study $(STUDY)) \

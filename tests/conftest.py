@@ -134,8 +134,8 @@ def processed(tmp_path_factory: pytest.TempPathFactory, mirror) -> Path:
 
 
 def postgres_database(prefix: str) -> str:
-    """A fresh database on the local PostgreSQL (its SQLAlchemy URL), or skip; REQUIRE_POSTGRES=1
-    (set by .ci/run) turns the skip into a failure."""
+    """A fresh database on the local PostgreSQL (its plain `postgresql://` URL), or skip;
+    REQUIRE_POSTGRES=1 (set by .ci/run) turns the skip into a failure."""
     try:
         import psycopg2
 
@@ -151,7 +151,7 @@ def postgres_database(prefix: str) -> str:
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
     conn.close()
-    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"  # psycopg 3, SQLAlchemy 2.1's default
 
 
 def drop_database(url: str) -> None:
