@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digits.lib.config import Params, SweepConfig
+from digits.lib.urls import check_database
 
 if TYPE_CHECKING:
     import optuna
@@ -33,6 +34,7 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     from optuna.storages.journal import JournalFileBackend
 
     if "://" in url:
+        check_database(url)  # a missing driver or a dead server: one line, not a traceback
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
