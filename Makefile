@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
 ARTIFACTS ?= server-artifacts
 
-.PHONY: help setup repro test test-all lint format ui server sweep promote dashboard ladder bench predict clean
+.PHONY: help setup repro push pull test test-all test-integration lint format ui server sweep promote dashboard ladder bench predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -29,11 +29,20 @@ setup: $(BIN)/.installed ## Create .venv and install the pinned dependencies (ab
 repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluate -> report
 	dvc repro
 
+push: setup ## Upload data and models to the DVC remote (default: ../digits-dvc-storage)
+	dvc push
+
+pull: setup ## Fetch data and models from the DVC remote into the workspace
+	dvc pull
+
 test: setup ## Run the test suite on every core (synthetic data, no network; ~3 min on 2 cores)
 	pytest -n auto --dist loadgroup --durations=15
 
 test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIST_MIRROR)
 	pytest -m ''
+
+test-integration: setup ## Scale-out checks: clones + DVC remote, sshd, kill -9 and resume (~5 min)
+	pytest -m integration
 
 lint: setup ## ruff check and format check
 	ruff check .
