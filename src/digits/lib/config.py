@@ -141,6 +141,7 @@ class TrainConfig(Strict):
     monitor: Literal["val/loss", "val/accuracy"] = "val/accuracy"
     patience: int = Field(default=10, ge=0)
     seed: int = 42
+    resume: bool = True  # a killed train stage continues from its last epoch's checkpoint
 
 
 class MLflowConfig(Strict):

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from digits.lib import checkpoint
+from digits.lib.checkpoint import Checkpointer
 from digits.lib.cli import stage_main
 from digits.lib.config import Params, load_params
 from digits.lib.data import Split, file_digest, load_splits
 from digits.lib.files import atomic_path, project_root, write_json, write_text
+from digits.lib.vocab import KERAS_TO_METRIC
 
 if TYPE_CHECKING:
     import keras
@@ -37,22 +40,85 @@ class TrainResult:
     model_uri: str  # the model logged in the run (`models:/m-...`), for the registry
 
 
-def train(params: Params, train: Split, val: Split, data_path: Path, root: Path) -> TrainResult:
-    """Fit in a new MLflow run that records params, per-epoch metrics, data, code version and
-    the model. (Figures, the learning curves among them, are `evaluate`'s.)"""
+def train(
+    params: Params,
+    train: Split,
+    val: Split,
+    data_path: Path,
+    root: Path,
+    checkpoint_path: Path | None = None,
+) -> TrainResult:
+    """Fit in an MLflow run that records params, per-epoch metrics, data, code version and the
+    model. (Figures, the learning curves among them, are `evaluate`'s.) With `checkpoint_path`
+    (and `train.resume`), a run killed after epoch k continues at epoch k+1 in its own MLflow
+    run, and every epoch's state is saved there."""
     import mlflow
 
     from digits.lib.tracking import logged_model, runs
     from digits.lib.training import fit_logged
 
     digest = file_digest(data_path / "train.npz", data_path / "val.npz")
-    with runs.tracked_run(run_name=os.environ.get("DVC_EXP_NAME")) as run:
-        mlflow.set_tags(runs.context_tags(root, digest))
-        runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
-        model, history, metrics = fit_logged(params, train, val)
+    checkpointer = resumable(params, digest, checkpoint_path)
+    start = checkpointer.start if checkpointer else None
+    run_id = start.run_id if start else None
+    with runs.tracked_run(run_name=os.environ.get("DVC_EXP_NAME"), run_id=run_id) as run:
+        if checkpointer is not None:
+            checkpointer.run_id = run.info.run_id
+        if start is not None:
+            reopened(run.info.run_id, start)
+        else:
+            mlflow.set_tags(runs.context_tags(root, digest))
+            runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
+        model, history, metrics = fit_logged(params, train, val, checkpoint=checkpointer)
         mlflow.log_table(history, artifact_file="history.json")
         model_uri = logged_model.log_keras_model(model, val.x[:5])
     return TrainResult(model, history, metrics, run.info.run_id, model_uri)
+
+
+def resumable(params: Params, digest: str, path: Path | None) -> Checkpointer | None:
+    """The checkpointer for this run (None when resuming is off or the model is the NumPy one),
+    holding the saved state it resumes from if there is a usable one whose MLflow run exists."""
+    if path is None or not params.train.resume or params.model.type == "numpy_mlp":
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    wanted = checkpoint.identity(params, digest)
+    checkpointer = checkpoint.Checkpointer(path, wanted)
+    start = checkpoint.load(path, wanted)
+    if start is not None:
+        try:
+            mlflow.MlflowClient().get_run(start.run_id)
+        except MlflowException:
+            log.warning("checkpoint %s: its MLflow run %s is not in this store: afresh", path,
+                        start.run_id)  # fmt: skip
+            start = None
+    if start is not None:
+        log.info("resuming run %s after epoch %d (checkpoint %s)", start.run_id, start.epoch, path)
+    checkpointer.start = start
+    return checkpointer
+
+
+def reopened(run_id: str, start: checkpoint.State) -> None:
+    """Make the reopened run tell the truth: not failed, resumed after which epoch, and every
+    saved epoch in its metric history exactly once (the dead process's last queued metrics
+    may never have been written)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if "failure_reason" in run.data.tags:
+        client.delete_tag(run_id, "failure_reason")
+    resumes = run.data.tags.get("resumed_after_epochs")
+    mlflow.set_tag("resumed_after_epochs", f"{resumes},{start.epoch}" if resumes else start.epoch)
+    for name, values in start.history.items():
+        metric = KERAS_TO_METRIC.get(name)
+        if metric is None:
+            continue
+        logged = {m.step for m in client.get_metric_history(run_id, metric)}
+        missing = {step: v for step, v in enumerate(values, 1) if step not in logged}
+        for step, value in missing.items():
+            mlflow.log_metric(metric, value, step=step)
 
 
 @stage_main
@@ -65,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-info", type=Path, required=True, help="JSON with the MLflow run id")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON of training metrics")
     parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV (DVC plot)")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="state after each epoch, to resume a killed run from"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
@@ -73,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = project_root(args.params)
     experiment_id = runs.setup(params.mlflow, root)
     splits = load_splits(args.data, ("train", "val"))
-    result = train(params, splits["train"], splits["val"], args.data, root)
+    result = train(params, splits["train"], splits["val"], args.data, root, args.checkpoint)
 
     with atomic_path(args.model) as tmp:
         result.model.save(tmp)
@@ -91,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         result.metrics["train/epochs"],
         result.metrics["train/seconds"],
     )
+    if args.checkpoint is not None:
+        checkpoint.remove(args.checkpoint)  # the outputs are written: nothing left to resume
 
 
 if __name__ == "__main__":
