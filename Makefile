@@ -10,6 +10,7 @@ PORT ?= 5000
 HOST ?= 127.0.0.1
 SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
 ARTIFACTS ?= server-artifacts
+SERVER_WORKERS ?= 1
 
 .PHONY: help setup repro push pull test test-all test-integration lint format ui server sweep promote dashboard ladder bench predict clean
 
@@ -57,7 +58,8 @@ ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT)
 
 server: setup ## MLflow tracking server: SERVER_DB= backend, artifacts proxied (ARTIFACTS=), HOST=127.0.0.1 PORT=5000
 	python -m digits.tools.server --backend-store-uri '$(SERVER_DB)' \
-	  --artifacts-destination '$(abspath $(ARTIFACTS))' --host $(HOST) --port $(PORT)
+	  --artifacts-destination '$(abspath $(ARTIFACTS))' --host $(HOST) --port $(PORT) \
+	  --workers $(SERVER_WORKERS)
 
 SWEEP_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS)) \
   $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STUDY),--study $(STUDY)) \

@@ -31,6 +31,7 @@ def server_command(args: argparse.Namespace) -> list[str]:
         "--serve-artifacts",
         "--host", args.host,
         "--port", str(args.port),
+        "--workers", str(args.workers),
     ]  # fmt: skip
 
 
@@ -48,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (more serve more clients at once; each costs memory and start-up)",
+    )
     args = parser.parse_args(argv)
     if "://" not in args.backend_store_uri:
         raise PipelineError(f"{args.backend_store_uri}: not a database URL (postgresql://...)")
