@@ -52,6 +52,7 @@ def test_optuna_storage_takes_every_spelling(database: str, scheme: str) -> None
     assert len(again.trials) == 2
 
 
+@pytest.mark.integration  # MLflow migrates each fresh database: ~10 s apiece
 @pytest.mark.parametrize("scheme", SPELLINGS)
 def test_mlflow_store_takes_every_spelling(database: str, scheme: str) -> None:
     from mlflow import MlflowClient
@@ -121,6 +122,7 @@ def test_refused_connection_is_one_line_naming_host_and_database(tmp_path: Path)
     run_all(url, tmp_path, f"database optuna on 127.0.0.1:{port}", "check that the server runs")
 
 
+@pytest.mark.integration  # waits out the 5 s connect timeout three times
 def test_silent_server_times_out_within_15_s(tmp_path: Path) -> None:
     """A port that accepts connections and never answers (a hung server, a half-open link):
     the driver's connect timeout, not a hang."""
