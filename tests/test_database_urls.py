@@ -41,7 +41,7 @@ def database() -> Iterator[str]:
 def test_optuna_storage_takes_every_spelling(database: str, scheme: str) -> None:
     import optuna
 
-    from digits.tools.sweep import open_storage
+    from digits.tools.sweep.study import open_storage
 
     url = spelled(database, scheme)
     study = optuna.create_study(study_name="s", storage=open_storage(url, 30))
@@ -101,24 +101,41 @@ def entry_points(url: str, tmp_path: Path) -> dict[str, tuple[list[str], dict[st
 
 
 def run_all(url: str, tmp_path: Path, *expected: str) -> None:
+    """Each entry point fails with the one line. The 15 s budget is checked on the check itself
+    (`checked_within`): a whole process also pays Python's start-up and imports, which on a
+    loaded 2-core machine alone took 5-20 s; 60 s here only catches a hang (client retries)."""
     for name, (cmd, env) in entry_points(url, tmp_path).items():
         started = time.monotonic()
-        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
         seconds = time.monotonic() - started
         message = one_line_error(out, *expected)
-        assert seconds < 15, f"{name}: {seconds:.1f} s"
-        print(f"{name} ({seconds:.1f} s): {message}")
+        assert seconds < 60, f"{name}: {seconds:.1f} s"
+        print(f"{name} ({seconds:.1f} s with start-up): {message}")
+
+
+def checked_within(url: str, limit: float = 15) -> str:
+    """`check_database` fails in under `limit` seconds; returns its message."""
+    from digits.lib.urls import DatabaseError, check_database
+
+    started = time.monotonic()
+    with pytest.raises(DatabaseError) as err:
+        check_database(url)
+    assert time.monotonic() - started < limit
+    assert "secret" not in str(err.value)
+    return str(err.value)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pg8000") is not None, reason="pg8000 installed")
 def test_missing_driver_is_one_line_naming_what_to_install(tmp_path: Path) -> None:
     url = "postgresql+pg8000://alice:secret@127.0.0.1:5432/optuna"
+    assert "pip install" in checked_within(url)
     run_all(url, tmp_path, "pg8000", "pip install", "alice:***@127.0.0.1:5432/optuna")
 
 
 def test_refused_connection_is_one_line_naming_host_and_database(tmp_path: Path) -> None:
     port = free_port()
     url = f"postgresql://alice:secret@127.0.0.1:{port}/optuna"
+    assert f"database optuna on 127.0.0.1:{port}" in checked_within(url)
     run_all(url, tmp_path, f"database optuna on 127.0.0.1:{port}", "check that the server runs")
 
 
@@ -143,6 +160,7 @@ def test_silent_server_times_out_within_15_s(tmp_path: Path) -> None:
     thread.start()
     try:
         url = f"postgresql+psycopg2://alice:secret@127.0.0.1:{port}/mlflow"
+        assert "timeout expired" in checked_within(url)  # the 5 s connect timeout, not a hang
         run_all(url, tmp_path, f"database mlflow on 127.0.0.1:{port}")
     finally:
         stop.set()

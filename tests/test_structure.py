@@ -101,6 +101,7 @@ CLIS = [
     "digits.tools.ladder",
     "digits.tools.bench",
     "digits.tools.stagedeps",
+    "digits.tools.server",
     "digits.tools.sweep.__main__",
 ]
 
