@@ -7,8 +7,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PORT ?= 5000
+HOST ?= 127.0.0.1
+SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
+ARTIFACTS ?= server-artifacts
+SERVER_WORKERS ?= 1
 
-.PHONY: help setup repro test test-all lint format ui repeat sweep promote dashboard ladder bench predict clean
+.PHONY: help setup repro push pull test test-all test-integration test-browser lint format ui server repeat sweep promote dashboard ladder bench predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -26,11 +30,20 @@ setup: $(BIN)/.installed ## Create .venv and install the pinned dependencies (ab
 repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluate -> report
 	dvc repro
 
+push: setup ## Upload data and models to the DVC remote (default: ../digits-dvc-storage)
+	dvc push
+
+pull: setup ## Fetch data and models from the DVC remote into the workspace
+	dvc pull
+
 test: setup ## Run the test suite on every core (synthetic data, no network; ~3 min on 2 cores)
 	pytest -n auto --dist loadgroup --durations=15
 
 test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIST_MIRROR)
 	pytest -m ''
+
+test-integration: setup ## Scale-out checks: clones + DVC remote, sshd, kill -9 and resume (~5 min)
+	pytest -m integration
 
 lint: setup ## ruff check and format check
 	ruff check .
@@ -42,6 +55,11 @@ format: setup ## Apply ruff's fixes and formatting
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
+
+server: setup ## MLflow tracking server: SERVER_DB= backend, artifacts proxied (ARTIFACTS=), HOST=127.0.0.1 PORT=5000
+	python -m digits.tools.server --backend-store-uri '$(SERVER_DB)' \
+	  --artifacts-destination '$(abspath $(ARTIFACTS))' --host $(HOST) --port $(PORT) \
+	  --workers $(SERVER_WORKERS)
 
 repeat: setup ## Train K seeds of params.yaml's configuration, each evaluated (K=, else train.repeats) -> reports/repeat/, report
 	dvc repro preprocess

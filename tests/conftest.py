@@ -135,8 +135,8 @@ def processed(tmp_path_factory: pytest.TempPathFactory, mirror) -> Path:
 
 
 def postgres_database(prefix: str) -> str:
-    """A fresh database on the local PostgreSQL (its SQLAlchemy URL), or skip; REQUIRE_POSTGRES=1
-    (set by .ci/run) turns the skip into a failure."""
+    """A fresh database on the local PostgreSQL (its plain `postgresql://` URL), or skip;
+    REQUIRE_POSTGRES=1 (set by .ci/run) turns the skip into a failure."""
     try:
         import psycopg2
 
@@ -152,7 +152,7 @@ def postgres_database(prefix: str) -> str:
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
     conn.close()
-    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"  # psycopg 3, SQLAlchemy 2.1's default
 
 
 def drop_database(url: str) -> None:
@@ -205,3 +205,45 @@ def run_without_tensorflow(module: str, argv: list[str], cwd: Path) -> tuple[str
         timeout=120,
     )
     return done.stdout, done.stderr
+
+
+def make_command(*args: str) -> list[str]:
+    """`make ARGS` with this test run's venv, told not to reinstall it (its `.installed` stamp
+    may be older than a copied pyproject.toml): the README's make targets, as a user runs them."""
+    venv = Path(sys.executable).parent.parent
+    return ["make", f"VENV={venv}", "-o", f"{venv}/bin/.installed", *args]
+
+
+def project_copy(dest: Path, params: dict[str, Any]) -> Path:
+    """The project's git-tracked files as they are in the work tree (not HEAD: uncommitted edits
+    are what is under test), with `params`, as a fresh git repository with one commit."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    skip = ("tests/", "reports/bench/", "bench/")
+    for name in files:
+        source = ROOT / name
+        if name and not name.startswith(skip) and source.is_file() and not source.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = stage_env(**GIT_IDENTITY)
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "copy"],
+    ):
+        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
+    return dest
+
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "DVC_NO_ANALYTICS": "1",
+}

@@ -178,6 +178,7 @@ class TrainConfig(Strict):
     seed: Seed = 42
     # `make repeat`: seeds train.seed, train.seed + 1, ...; the train stage trains train.seed only
     repeats: int = Field(default=5, gt=0, le=1_000)
+    resume: bool = True  # a killed train stage continues from its last epoch's checkpoint
 
 
 class PredictConfig(Strict):

@@ -24,6 +24,8 @@ class TrainingDiverged(PipelineError):
 if TYPE_CHECKING:
     import keras
 
+    from digits.lib.checkpoint import Checkpointer
+
 
 def image_shape(n_features: int) -> tuple[int, int]:
     """The square image a flattened row came from (28 x 28 for MNIST)."""
@@ -40,9 +42,11 @@ def fit(
     val: Split,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Seed, build, compile and fit; returns the model (best epoch's weights when early stopping
-    is on) and the per-epoch history in the metric vocabulary."""
+    is on) and the per-epoch history in the metric vocabulary. With a `checkpoint`, the fit
+    starts from its saved state (if any) and saves its state at each epoch's end."""
     import keras
 
     from digits.lib.models import build_model, compile_model
@@ -61,24 +65,38 @@ def fit(
     steps = math.ceil(len(train) / train_cfg.batch_size)
     model = compile_model(build_model(model_cfg, image_shape(train.x.shape[1])), train_cfg, steps)
     standard: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    stopping = None
     if train_cfg.patience:
-        standard.append(
-            keras.callbacks.EarlyStopping(
-                monitor=keras_name(train_cfg.monitor),
-                patience=train_cfg.patience,
-                restore_best_weights=True,
-            )
+        stopping = keras.callbacks.EarlyStopping(
+            monitor=keras_name(train_cfg.monitor),
+            patience=train_cfg.patience,
+            restore_best_weights=True,
         )
-    history = model.fit(
-        train.x,
-        train.y,
-        validation_data=(val.x, val.y),
-        epochs=train_cfg.epochs,
-        batch_size=train_cfg.batch_size,
-        callbacks=[*standard, *callbacks],
-        verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
-    )
-    return model, check_finite(history_frame(history.history))
+        standard.append(stopping)
+    done = 0
+    if checkpoint is not None:
+        done = checkpoint.restore(model)
+        # after early stopping (it restores that state) and before the caller's callbacks (an
+        # epoch is logged only once it is saved: a resume never logs it twice)
+        standard.append(checkpoint.callback(stopping))
+    if checkpoint is None or checkpoint.remaining(train_cfg.epochs):
+        logs = model.fit(
+            train.x,
+            train.y,
+            validation_data=(val.x, val.y),
+            epochs=train_cfg.epochs,
+            initial_epoch=done,
+            batch_size=train_cfg.batch_size,
+            callbacks=[*standard, *callbacks],
+            verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
+        ).history
+    else:  # killed after its last epoch was saved: nothing left to train
+        logs = {}
+        if stopping is not None and checkpoint.start and checkpoint.start.best_weights:
+            model.set_weights(checkpoint.start.best_weights)
+    if checkpoint is not None and checkpoint.history:
+        logs = checkpoint.history  # the epochs before the resume too
+    return model, check_finite(history_frame(logs))
 
 
 def check_finite(history: pd.DataFrame) -> pd.DataFrame:
@@ -97,6 +115,7 @@ def fit_logged(
     val: Split,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> tuple[keras.Model, pd.DataFrame, dict[str, float]]:
     """`fit` inside the active MLflow run: logs the params, every epoch's metrics (step = epoch)
     and a summary of the selected (restored) model; returns the model, history and summary."""
@@ -107,8 +126,12 @@ def fit_logged(
     mlflow.log_params(run_params(params))
     logger = epoch_logger()  # imports Keras and TensorFlow, which is not part of the fit
     started = time.perf_counter()
-    model, history = fit(params.model, params.train, train, val, [logger, *callbacks], verbose)
+    model, history = fit(
+        params.model, params.train, train, val, [logger, *callbacks], verbose, checkpoint
+    )
     seconds = time.perf_counter() - started
+    if checkpoint is not None and checkpoint.start is not None:
+        seconds += checkpoint.start.seconds  # the fit time before the resume
     val_loss, val_accuracy = model.evaluate(val.x, val.y, batch_size=1024, verbose=0)
     summary = {
         "train/seconds": round(seconds, 2),

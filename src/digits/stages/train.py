@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from digits.lib import checkpoint
+from digits.lib.checkpoint import Checkpointer
 from digits.lib.cli import stage_main
 from digits.lib.config import (
     ModelConfig,
@@ -28,6 +30,7 @@ from digits.lib.config import (
 )
 from digits.lib.data import Split, file_digest, load_splits
 from digits.lib.files import atomic_path, project_root, write_json, write_text
+from digits.lib.vocab import KERAS_TO_METRIC
 
 if TYPE_CHECKING:
     import keras
@@ -64,10 +67,13 @@ def train(
     root: Path,
     outputs: Outputs | None = None,
     experiment_id: str | None = None,
+    checkpoint_path: Path | None = None,
 ) -> TrainResult:
-    """Fit in a new MLflow run that records params, per-epoch metrics, data, code version and
-    the model, and write `outputs` inside it, so the run ends FINISHED only once the model is
-    saved. (Figures, the learning curves among them, are `evaluate`'s.)"""
+    """Fit in an MLflow run that records params, per-epoch metrics, data, code version and the
+    model, and write `outputs` inside it, so the run ends FINISHED only once the model is saved.
+    (Figures, the learning curves among them, are `evaluate`'s.) With `checkpoint_path` (and
+    `train.resume`), a run killed after epoch k continues at epoch k+1 in its own MLflow run,
+    and every epoch's state is saved there."""
     import mlflow
 
     from digits.lib.files import reporting_disk_full
@@ -75,10 +81,18 @@ def train(
     from digits.lib.training import fit_logged
 
     digest = file_digest(data_path / "train.npz", data_path / "val.npz")
-    with runs.tracked_run(run_name=os.environ.get("DVC_EXP_NAME")) as run:
-        mlflow.set_tags(runs.context_tags(root, digest))
-        runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
-        model, history, metrics = fit_logged(params, train, val)
+    checkpointer = resumable(params, digest, checkpoint_path)
+    start = checkpointer.start if checkpointer else None
+    run_id = start.run_id if start else None
+    with runs.tracked_run(run_name=os.environ.get("DVC_EXP_NAME"), run_id=run_id) as run:
+        if checkpointer is not None:
+            checkpointer.run_id = run.info.run_id
+        if start is not None:
+            reopened(run.info.run_id, start)
+        else:
+            mlflow.set_tags(runs.context_tags(root, digest))
+            runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
+        model, history, metrics = fit_logged(params, train, val, checkpoint=checkpointer)
         with reporting_disk_full(runs.artifact_dir(run)):
             mlflow.log_table(history, artifact_file="history.json")
             model_uri = logged_model.log_keras_model(model, val.x[:5])
@@ -99,6 +113,52 @@ def write_outputs(result: TrainResult, outputs: Outputs, experiment_id: str | No
         outputs.run_info,
         {"run_id": result.run_id, "experiment_id": experiment_id, "model_uri": result.model_uri},
     )
+
+
+def resumable(params: Params, digest: str, path: Path | None) -> Checkpointer | None:
+    """The checkpointer for this run (None when resuming is off or the model is the NumPy one),
+    holding the saved state it resumes from if there is a usable one whose MLflow run exists."""
+    if path is None or not params.train.resume or params.model.type == "numpy_mlp":
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    wanted = checkpoint.identity(params, digest)
+    checkpointer = checkpoint.Checkpointer(path, wanted)
+    start = checkpoint.load(path, wanted)
+    if start is not None:
+        try:
+            mlflow.MlflowClient().get_run(start.run_id)
+        except MlflowException:
+            log.warning("checkpoint %s: its MLflow run %s is not in this store: afresh", path,
+                        start.run_id)  # fmt: skip
+            start = None
+    if start is not None:
+        log.info("resuming run %s after epoch %d (checkpoint %s)", start.run_id, start.epoch, path)
+    checkpointer.start = start
+    return checkpointer
+
+
+def reopened(run_id: str, start: checkpoint.State) -> None:
+    """Make the reopened run tell the truth: not failed, resumed after which epoch, and every
+    saved epoch in its metric history exactly once (the dead process's last queued metrics
+    may never have been written)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if "failure_reason" in run.data.tags:
+        client.delete_tag(run_id, "failure_reason")
+    resumes = run.data.tags.get("resumed_after_epochs")
+    mlflow.set_tag("resumed_after_epochs", f"{resumes},{start.epoch}" if resumes else start.epoch)
+    for name, values in start.history.items():
+        metric = KERAS_TO_METRIC.get(name)
+        if metric is None:
+            continue
+        logged = {m.step for m in client.get_metric_history(run_id, metric)}
+        missing = {step: v for step, v in enumerate(values, 1) if step not in logged}
+        for step, value in missing.items():
+            mlflow.log_metric(metric, value, step=step)
 
 
 def physical_memory() -> int:
@@ -129,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-info", type=Path, required=True, help="JSON with the MLflow run id")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON of training metrics")
     parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV (DVC plot)")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="state after each epoch, to resume a killed run from"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     check_fits_memory(params.model)
@@ -141,7 +204,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     outputs = Outputs(args.model, args.run_info, args.metrics, args.history)
     for path in (args.model, args.run_info, args.metrics, args.history):
         path.unlink(missing_ok=True)  # a failed run leaves none of the last run's outputs
-    result = train(params, splits["train"], splits["val"], args.data, root, outputs, experiment_id)
+    result = train(
+        params,
+        splits["train"],
+        splits["val"],
+        args.data,
+        root,
+        outputs,
+        experiment_id,
+        args.checkpoint,
+    )
     log.info(
         "run %s: val accuracy %.4f (epoch %d of %d) in %.0f s",
         result.run_id,
@@ -150,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         result.metrics["train/epochs"],
         result.metrics["train/seconds"],
     )
+    if args.checkpoint is not None:
+        checkpoint.remove(args.checkpoint)  # the outputs are written: nothing left to resume
 
 
 if __name__ == "__main__":

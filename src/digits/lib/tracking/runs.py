@@ -20,6 +20,7 @@ import mlflow
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
 from digits.lib.secrets import redact_text
+from digits.lib.urls import check_database, is_database_url
 from digits.lib.vocab import epoch_metrics
 
 if TYPE_CHECKING:
@@ -46,8 +47,12 @@ def tracking_uri(cfg: MLflowConfig, root: Path) -> str:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, not after minutes of client retries, when a tracking server is down."""
+    """Fail in seconds, not after minutes of client retries, when a tracking server (or a
+    database used directly as the store) is down."""
     parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" and is_database_url(uri):
+        check_database(uri, timeout)
+        return
     if parsed.scheme not in {"http", "https"}:
         return
     import requests

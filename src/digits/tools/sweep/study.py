@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from digits import PipelineError
 from digits.lib.config import Params, SweepConfig
+from digits.lib.urls import check_database
 from digits.lib.vocab import METRIC_TO_KERAS
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     from digits.lib.journal import journal_backend
 
     if "://" in url:
+        check_database(url)  # a missing driver or a dead server: one line, not a traceback
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(

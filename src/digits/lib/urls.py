@@ -1,0 +1,99 @@
+"""Database URLs as users type them (`postgresql://`, `postgresql+psycopg2://`, ...): checked
+before Optuna, MLflow or `mlflow server` use one, so a missing driver or a server that does not
+answer is a one-line error in seconds, naming host and database (never the password)."""
+
+from __future__ import annotations
+
+from digits import PipelineError
+
+# The pip package that provides each SQLAlchemy driver a user is likely to name.
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "pymysql": "pymysql",
+    "mysqldb": "mysqlclient",
+}
+# Backends whose drivers take `connect_timeout` (seconds) as a connect argument.
+TIMEOUT_BACKENDS = {"postgresql", "mysql"}
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+
+class DatabaseError(PipelineError):
+    """A database URL that cannot be used: malformed, its driver missing, or no server."""
+
+
+def is_database_url(url: str) -> bool:
+    """Whether `url` is a SQLAlchemy database URL (rather than a file path or http://)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    return scheme.split("+", 1)[0] in {"postgresql", "postgres", "mysql", "sqlite", "mssql"}
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages, logs and tags."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparseable: show only the scheme
+        return url.split("://", 1)[0] + "://..."
+
+
+def where(url: str) -> str:
+    """'database D on HOST:PORT' (SQLite: the file), for error messages."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite file {parsed.database or ':memory:'}"
+    port = parsed.port or DEFAULT_PORTS.get(parsed.get_backend_name(), "default port")
+    host = f"{parsed.host or 'localhost'}:{port}"
+    return f"database {parsed.database or '(none)'} on {host}"
+
+
+def check_database(url: str, timeout: float = 5.0) -> None:
+    """Raise DatabaseError unless `url` parses, its driver imports and the server answers a
+    connection within `timeout` seconds."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    shown = redact(url)
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise DatabaseError(
+            f"{shown}: SQLAlchemy knows no driver {parsed.drivername!r}; write e.g. "
+            "postgresql:// (psycopg 3), postgresql+psycopg2:// or postgresql+psycopg://"
+        ) from None
+    except (ArgumentError, ValueError) as err:
+        raise DatabaseError(f"{shown}: not a database URL ({err})") from None
+    driver = dialect.driver
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        package = DRIVER_PACKAGES.get(driver, driver)
+        raise DatabaseError(
+            f"{shown} needs the Python driver {driver!r}, which is not installed ({err}); "
+            f"install it into the venv (.venv/bin/pip install '{package}') or use a spelling "
+            "whose driver is installed (postgresql:// and postgresql+psycopg2:// are)"
+        ) from None
+    backend = parsed.get_backend_name()
+    connect_args = (
+        {"connect_timeout": max(1, round(timeout))} if backend in TIMEOUT_BACKENDS else {}
+    )
+    engine = create_engine(parsed, connect_args=connect_args, poolclass=NullPool)
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise DatabaseError(
+            f"cannot connect to {where(url)} ({shown}): {reason[0] if reason else type(err)}; "
+            "check that the server runs and accepts connections from this host, and the URL"
+        ) from None
+    finally:
+        engine.dispose()
