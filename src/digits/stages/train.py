@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,8 @@ def train(params: Params, train: Split, val: Split, data_path: Path, root: Path)
     from digits.lib.training import fit_logged
 
     digest = file_digest(data_path / "train.npz", data_path / "val.npz")
-    with runs.tracked_run(run_name=os.environ.get("DVC_EXP_NAME")) as run:
+    # system metrics (CPU, memory) every 10 s by MLflow's monitor thread; needs psutil
+    with runs.tracked_run(run_name=runs.run_name(params), log_system_metrics=True) as run:
         mlflow.set_tags(runs.context_tags(root, digest))
         runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
         model, history, metrics = fit_logged(params, train, val)
