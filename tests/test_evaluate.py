@@ -4,6 +4,8 @@ shows of a run (its name, description, metrics on the logged model, system metri
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +177,25 @@ def test_second_model_is_compared_with_the_champion_side_by_side(two_models) -> 
     assert "### Fixed and broken test digits" in report
     assert "![Reliability diagram (calibration)](figures/reliability.png)" in report
     assert "Expected calibration error" in report
+
+
+@pytest.mark.parametrize("level", [0, 1, 1.5, -0.1])
+def test_significance_outside_0_1_is_a_params_error_before_tensorflow(tmp_path, level) -> None:
+    raw = real_params()
+    raw["mlflow"]["significance"] = level
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    code = (
+        "import sys\n"
+        "from digits.stages.evaluate import main\n"
+        "try:\n"
+        "    main(['--params', 'params.yaml', '--data', 'd', '--model', 'm.keras',"
+        " '--run-info', 'r', '--history', 'h', '--metrics', 'x', '--confusion', 'c',"
+        " '--per-class', 'p', '--figures', 'f', '--registry', 'g'])\n"
+        "except SystemExit as e:\n"
+        "    print('tensorflow' in sys.modules, e.code)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "False 1"
+    assert "mlflow.significance: Input should be" in out.stderr
