@@ -74,9 +74,9 @@ def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
         # the stage logs to a throw-away MLflow store, created here before any timing
-        from digits.lib.tracking import runs
+        from digits.lib.tracking import runs as tracking
 
-        runs.setup(load_params(params).mlflow, out)
+        tracking.setup(load_params(params).mlflow, out)
         env = {**os.environ, "DVC_ROOT": str(out), "TF_CPP_MIN_LOG_LEVEL": "3"}
         env.pop("MLFLOW_TRACKING_URI", None)  # the stage finds the same store via DVC_ROOT
         for i in range(repeats):
