@@ -69,7 +69,7 @@ def stage_command(params: Path, data: Path, out: Path) -> list[str]:
 def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any]:
     """Alternate the train stage and the bare Keras script (ABBA order), then time the
     preprocess stage on the raw files and a no-op `dvc repro`."""
-    bare = Path(__file__).resolve().parents[2] / "bench" / "bare_keras.py"
+    bare = Path(__file__).resolve().parents[3] / "bench" / "bare_keras.py"
     runs: dict[str, list[dict[str, float]]] = {"stage": [], "bare": []}
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
