@@ -107,7 +107,13 @@ def reliability_diagram(bins: pd.DataFrame, ece: float) -> Figure:
     left.bar(filled["lower"], filled["accuracy"], width=width[filled.index], align="edge",
              edgecolor="black", alpha=0.7, label="accuracy")  # fmt: skip
     left.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    left.plot(filled["confidence"], filled["accuracy"], "ro", ms=3, label="mean confidence")
+    left.plot(
+        filled["confidence"],
+        filled["accuracy"],
+        "ro",
+        ms=3,
+        label="accuracy at the bin's mean confidence",
+    )
     left.set(xlabel="confidence (top softmax probability)", ylabel="accuracy", xlim=(0, 1),
              ylim=(0, 1), title=f"Reliability (ECE {ece:.4f})")  # fmt: skip
     left.legend(loc="upper left")

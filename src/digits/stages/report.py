@@ -27,7 +27,9 @@ COMPARISON = (
     ("Confusion matrix against the champion", "champion_vs_challenger"),
     ("Test digits fixed and broken", "fixed_and_broke"),
 )
-TABLE_ROWS = 40  # of the fixed / broken digits; the run's comparison/fixed_and_broke.json has all
+TABLE_ROWS = (
+    40  # fixed and broken digits, half each; the run's comparison/fixed_and_broke.json has all
+)
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -104,12 +106,13 @@ def registry_section(registry: dict[str, Any], images: dict[str, str]) -> list[s
     rows = registry.get("fixed_and_broke") or []
     if rows:
         header = ("test index", "digit", f"champion v{registry['previous']}", "challenger", "")
-        shown = [
-            (r["test_index"], r["digit"], r["champion"], r["challenger"], r["change"])
-            for r in rows[:TABLE_ROWS]
-        ]
-        more = f" (the first {TABLE_ROWS} of {len(rows)})" if len(rows) > TABLE_ROWS else ""
-        parts += [f"### Fixed and broken test digits{more}", _table(shown, header)]
+        half = TABLE_ROWS // 2
+        shown = [r for r in rows if r["change"] == "fixed"][:half]
+        shown += [r for r in rows if r["change"] == "broke"][:half]
+        cells = [(r["test_index"], r["digit"], r["champion"], r["challenger"], r["change"])
+                 for r in shown]  # fmt: skip
+        more = f" ({len(shown)} of {len(rows)}; all in the run)" if len(shown) < len(rows) else ""
+        parts += [f"### Fixed and broken test digits{more}", _table(cells, header)]
     return parts
 
 
