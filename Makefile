@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PORT ?= 5000
 
-.PHONY: help setup repro test test-all lint format ui sweep promote dashboard ladder bench predict clean
+.PHONY: help setup repro test test-all test-browser lint format ui sweep promote dashboard ladder bench predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -32,6 +32,9 @@ test: setup ## Run the test suite on every core (synthetic data, no network; ~3 
 test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIST_MIRROR)
 	pytest -m ''
 
+test-browser: setup ## The MLflow UI in Debian's Chromium via Playwright (apt-get install chromium)
+	pytest -m browser --durations=5
+
 lint: setup ## ruff check and format check
 	ruff check .
 	ruff format --check .
@@ -41,6 +44,7 @@ format: setup ## Apply ruff's fixes and formatting
 	ruff format .
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
+	@echo "open http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (the model training view)"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
 
 SWEEP_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS)) \
