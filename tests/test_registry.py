@@ -231,7 +231,7 @@ def test_unreachable_registry_fails_the_run_and_leaves_the_alias(store, monkeypa
     assert champion(store) == "1"
 
 
-def test_the_experiment_opens_in_the_model_training_view(store) -> None:
+def test_experiment_is_tagged_for_model_training_once(store) -> None:
     experiment = store.get_experiment_by_name(CFG.experiment)
     assert experiment.tags[runs.EXPERIMENT_KIND] == "custom_model_development"
     store.set_experiment_tag(experiment.experiment_id, runs.EXPERIMENT_KIND, "genai_development")

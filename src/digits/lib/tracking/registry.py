@@ -288,7 +288,10 @@ def _register_locked(
         decision, reason = "first", f"the first version tested on data {digest[:8]}"
     elif before is None or not np.array_equal(before["labels"], labels):
         decision = "kept"
-        reason = f"champion version {current.version} has no stored test predictions to pair"
+        reason = (
+            f"champion version {current.version} has no stored predictions on these test "
+            "images to pair with"
+        )
     else:
         previous_accuracy = float((before["predicted"] == before["labels"]).mean())
         test = mcnemar(labels, before["predicted"], predicted)
