@@ -44,7 +44,9 @@ format: setup ## Apply ruff's fixes and formatting
 	ruff format .
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
-	@echo "open http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (the model training view)"
+	@python -c 'from pathlib import Path; from digits.lib.config import load_params; \
+	  from digits.lib.tracking.runs import ui_address; \
+	  print("open", ui_address(load_params().mlflow, Path.cwd(), "http://127.0.0.1:$(PORT)"))'
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
 
 SWEEP_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS)) \

@@ -201,14 +201,17 @@ def test_experiment_opens_in_the_model_training_view(page, ui, filled) -> None:
 
 
 def test_make_ui_address_opens_the_experiment_in_model_training(page, ui, filled) -> None:
-    """What a person does after `make ui`: open the printed address, click the experiment."""
+    """The address `make ui` prints opens the experiment's runs in the model training view."""
+    from digits.lib.config import load_params
+    from digits.lib.tracking.runs import ui_address
+
+    address = ui_address(load_params(filled / "params.yaml").mlflow, filled, ui)
     name = pipeline_run(filled).info.run_name
     with screenshot_on_failure(page, "make-ui"):
-        open_page(page, f"{ui}/#/experiments?workflowType=machine_learning", "mnist")
-        page.get_by_role("link", name="mnist", exact=True).first.click()
-        page.get_by_text(name).first.wait_for(state="visible")
+        open_page(page, address, name)
         assert re.search(rf"/experiments/{experiment_id(filled)}/runs\b", page.url), page.url
-        assert "Judges" not in page.inner_text("body")
+        body = page.inner_text("body")
+        assert "Model registry" in body and "Judges" not in body
 
 
 def test_run_page_shows_name_description_and_test_accuracy(page, ui, filled) -> None:

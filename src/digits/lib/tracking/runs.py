@@ -112,6 +112,17 @@ def run_name(params: Params) -> str:
     return name
 
 
+def ui_address(cfg: MLflowConfig, root: Path, base: str) -> str:
+    """The experiment's runs in the MLflow UI at `base`, in the model training view. MLflow
+    3.17's UI opens an experiment in GenAI or model training by a global switch (GenAI by
+    default), not by the experiment's tag; `workflowType` in the address sets the switch, and
+    only on the experiment's own page (from the experiments list it is lost on the way)."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(cfg, root))
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    page = f"experiments/{experiment.experiment_id}/runs" if experiment else "experiments"
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
+
+
 def process_id(pid: int | None = None) -> str:
     """`host:pid`, naming a process across machines."""
     return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
