@@ -45,6 +45,9 @@ test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIS
 test-integration: setup ## Scale-out checks: clones + DVC remote, sshd, kill -9 and resume (~5 min)
 	pytest -m integration
 
+test-browser: setup ## The MLflow UI in Debian's Chromium via Playwright (apt-get install chromium)
+	pytest -m browser --durations=5
+
 lint: setup ## ruff check and format check
 	ruff check .
 	ruff format --check .
@@ -54,6 +57,9 @@ format: setup ## Apply ruff's fixes and formatting
 	ruff format .
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
+	@python -c 'from pathlib import Path; from digits.lib.config import load_params; \
+	  from digits.lib.tracking.runs import ui_address; \
+	  print("open", ui_address(load_params().mlflow, Path.cwd(), "http://127.0.0.1:$(PORT)"))'
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
 
 server: setup ## MLflow tracking server: SERVER_DB= backend, artifacts proxied (ARTIFACTS=), HOST=127.0.0.1 PORT=5000

@@ -102,7 +102,10 @@ def test_mlflow_holds_one_finished_run_with_everything(project) -> None:
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/confusion_matrix.png", "plots/learning_curves.png"} <= artifacts
     assert any(a.path == "confusion_matrix.json" for a in client.list_artifacts(run.info.run_id))
-    (data,) = run.inputs.dataset_inputs
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train.npz", "test.npz"}  # test: the dataset of the test metrics
+    assert inputs["test.npz"].dataset.digest == run.data.tags["test.sha256"][:8]
+    data = inputs["train.npz"]
     assert data.dataset.name == "train.npz"
     assert data.dataset.digest == run.data.tags["data.sha256"][:8]
     assert {t.key: t.value for t in data.tags}["sha256"] == run.data.tags["data.sha256"]

@@ -197,6 +197,8 @@ class MLflowConfig(Strict):
     artifact_location: str = "mlartifacts"
     registered_model: str = Field(default="mnist-digits", min_length=1)  # evaluate registers
     champion_alias: str = Field(default="champion", pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]*$")
+    # McNemar's exact test on paired test predictions: the level a challenger must beat
+    significance: float = Field(default=0.05, gt=0, lt=1)
 
 
 class Dimension(Strict):

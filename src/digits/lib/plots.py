@@ -95,3 +95,76 @@ def weight_images(kernel: np.ndarray) -> Figure:
         ax.axis("off")
     fig.suptitle("Softmax weights per digit")
     return fig
+
+
+def reliability_diagram(bins: pd.DataFrame, ece: float) -> Figure:
+    """Accuracy against confidence per confidence bin (the diagonal is perfect calibration),
+    with how many test images each bin holds."""
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    width = bins["upper"] - bins["lower"]
+    filled = bins[bins["count"] > 0]
+    left.bar(filled["lower"], filled["accuracy"], width=width[filled.index], align="edge",
+             edgecolor="black", alpha=0.7, label="accuracy")  # fmt: skip
+    left.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    left.plot(
+        filled["confidence"],
+        filled["accuracy"],
+        "ro",
+        ms=3,
+        label="accuracy at the bin's mean confidence",
+    )
+    left.set(xlabel="confidence (top softmax probability)", ylabel="accuracy", xlim=(0, 1),
+             ylim=(0, 1), title=f"Reliability (ECE {ece:.4f})")  # fmt: skip
+    left.legend(loc="upper left")
+    left.grid(alpha=0.3)
+    right.bar(bins["lower"], bins["count"], width=width, align="edge", edgecolor="black")
+    right.set(xlabel="confidence", ylabel="test images", yscale="log", title="Images per bin")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_difference(before: np.ndarray, after: np.ndarray, title: str) -> Figure:
+    """Challenger minus champion confusion matrix: off the diagonal, red is more mistakes of
+    that kind and blue fewer; on it, blue is more right."""
+    diff = after.astype(int) - before.astype(int)
+    shown = diff.copy()
+    np.fill_diagonal(shown, -np.diag(diff))  # so that blue is better everywhere
+    limit = max(1, int(np.abs(shown).max()))
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    image = ax.imshow(shown, cmap="coolwarm", vmin=-limit, vmax=limit)
+    for (row, col), value in np.ndenumerate(diff):
+        if value:
+            ax.text(col, row, f"{value:+d}", ha="center", va="center", fontsize=8)
+    ticks = range(len(diff))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(image, ax=ax, label="blue: better, red: worse")
+    return fig
+
+
+def fixed_and_broke(
+    images: np.ndarray,
+    true: np.ndarray,
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    fixed: np.ndarray,
+    title: str,
+    columns: int = 8,
+) -> Figure:
+    """Test digits on which the two models disagree about being right, captioned
+    `true: champion / challenger`; green the challenger fixed, red it broke."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    fig = Figure(figsize=(columns * 1.3, rows * 1.5 + 0.4))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    side = round(images.shape[1] ** 0.5) if images.ndim == 2 else images.shape[1]
+    for ax in axes.flat:
+        ax.axis("off")
+    cases = zip(axes.flat, images, true, champion, challenger, fixed, strict=False)
+    for ax, img, t, before, after, was_fixed in cases:
+        ax.imshow(img.reshape(side, side), cmap="gray_r")
+        color = "forestgreen" if was_fixed else "crimson"
+        ax.set_title(f"{t}: {before} / {after}", fontsize=8, color=color)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

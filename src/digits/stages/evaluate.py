@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,12 +23,10 @@ from digits.lib.data import load_split
 from digits.lib.files import project_root, reporting_disk_full, write_json, write_text
 from digits.lib.idx import NUM_CLASSES
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger(__name__)
 
 GALLERY = 32
+CALIBRATION_BINS = 15
 
 
 @dataclass(frozen=True)
@@ -64,8 +62,57 @@ def score(labels: np.ndarray, probabilities: np.ndarray) -> Evaluation:
         "test/macro_recall": float(recall.mean()),
         "test/macro_f1": float(f1.mean()),
         "test/errors": int((predicted != labels).sum()),
+        "test/ece": calibration(labels, probabilities)[0],
     }
     return Evaluation(metrics, per_class, confusion_matrix(labels, predicted, labels=classes))
+
+
+def calibration(
+    labels: np.ndarray, probabilities: np.ndarray, n_bins: int = CALIBRATION_BINS
+) -> tuple[float, pd.DataFrame]:
+    """Expected calibration error: the test images binned by confidence (the top softmax
+    probability) into equal-width bins, the gap between each bin's accuracy and its mean
+    confidence, weighted by its share of images. Returns it and the bins (the reliability
+    diagram's data)."""
+    confidence = probabilities.max(axis=1)
+    right = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # bins are (lower, upper]; a confidence of exactly 0 cannot happen with 10 classes
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    safe = np.maximum(count, 1)
+    mean_confidence = np.bincount(which, weights=confidence, minlength=n_bins) / safe
+    accuracy = np.bincount(which, weights=right, minlength=n_bins) / safe
+    ece = float((count / len(labels) * np.abs(accuracy - mean_confidence)).sum())
+    bins = pd.DataFrame(
+        {
+            "lower": edges[:-1],
+            "upper": edges[1:],
+            "count": count,
+            "confidence": mean_confidence,
+            "accuracy": accuracy,
+        }
+    )
+    return ece, bins
+
+
+def fixed_and_broke(
+    labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray
+) -> pd.DataFrame:
+    """The test digits exactly one of the two models gets right: `fixed` (the challenger is
+    right, the champion was wrong) first, then `broke`, each by test index."""
+    before, after = champion == labels, challenger == labels
+    rows = np.flatnonzero(before != after)
+    table = pd.DataFrame(
+        {
+            "test_index": rows,
+            "digit": labels[rows],
+            "champion": champion[rows],
+            "challenger": challenger[rows],
+            "change": np.where(after[rows], "fixed", "broke"),
+        }
+    )
+    return table.sort_values(["change", "test_index"], ascending=[False, True], ignore_index=True)
 
 
 def confusion_rows(labels: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
@@ -111,13 +158,79 @@ def write_figures(
             "Correctly classified (first test digits)",
         ),
     }
+    ece, bins = calibration(labels, probabilities)
+    figures["reliability.png"] = plots.reliability_diagram(bins, ece)
     if softmax_kernel is not None:
         figures["softmax_weights.png"] = plots.weight_images(softmax_kernel)
-    paths = []
+    return save_figures(folder, figures)
+
+
+def save_figures(folder: Path, figures: dict[str, Any]) -> list[Path]:
+    """Write each figure as `folder/<name>`; returns the paths."""
+    from digits.lib import plots
+
     for name, fig in figures.items():
         plots.save(fig, folder / name)
-        paths.append(folder / name)
-    return paths
+    return [folder / name for name in figures]
+
+
+def comparison_figures(
+    folder: Path,
+    x: np.ndarray,
+    labels: np.ndarray,
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    table: pd.DataFrame,
+    versions: tuple[str, str],
+) -> list[Path]:
+    """Champion against challenger: the difference of their confusion matrices, and the test
+    digits the challenger fixed and broke with both predictions."""
+    from sklearn.metrics import confusion_matrix
+
+    from digits.lib import plots
+
+    classes = list(range(NUM_CLASSES))
+    before = confusion_matrix(labels, champion, labels=classes)
+    after = confusion_matrix(labels, challenger, labels=classes)
+    old, new = versions
+    shown = pd.concat(
+        [
+            table[table.change == "fixed"][: GALLERY // 2],
+            table[table.change == "broke"][: GALLERY // 2],
+        ]
+    )
+    n_fixed, n_broke = int((table.change == "fixed").sum()), int((table.change == "broke").sum())
+    index = shown["test_index"].to_numpy()
+    figures = {
+        "champion_vs_challenger.png": plots.confusion_difference(
+            before, after, f"Confusion matrix: version {new} minus champion {old}"
+        ),
+        "fixed_and_broke.png": plots.fixed_and_broke(
+            x[index],
+            labels[index],
+            champion[index],
+            challenger[index],
+            (shown["change"] == "fixed").to_numpy(),
+            f"Fixed {n_fixed} (green), broke {n_broke} (red): true: champion v{old} / "
+            f"challenger v{new}",
+        ),
+    }
+    return save_figures(folder, figures)
+
+
+def headline(metrics: dict[str, float], train: dict[str, float], run_name: str) -> str:
+    """The run's description in the MLflow UI: what it trained and how well, in one line."""
+    text = (
+        f"**{run_name}**: test accuracy {metrics['test/accuracy']:.2%} "
+        f"({metrics['test/errors']} errors), ECE {metrics['test/ece']:.4f}"
+    )
+    if "train/epochs" in train:
+        text += f"; {int(train['train/epochs'])} epochs"
+        if "selected/epoch" in train:
+            text += f" (weights of epoch {int(train['selected/epoch'])})"
+    if "train/seconds" in train:
+        text += f" in {train['train/seconds']:.0f} s of training"
+    return text + "."
 
 
 @stage_main
@@ -149,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = keras.saving.load_model(args.model, safe_mode=True)  # no code from the file
     probabilities = model.predict(test.x, batch_size=1024, verbose=0)
     labels = test.labels
+    predicted = probabilities.argmax(axis=1)
     evaluation = score(labels, probabilities)
     kernel = (
         model.get_layer("probabilities").get_weights()[0]
@@ -157,9 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
     args.metrics.unlink(missing_ok=True)  # written last, once the run has everything: see below
-    write_text(
-        args.confusion, confusion_rows(labels, probabilities.argmax(axis=1)).to_csv(index=False)
-    )
+    write_text(args.confusion, confusion_rows(labels, predicted).to_csv(index=False))
     write_text(args.per_class, evaluation.per_class.to_csv(index=False, float_format="%.4f"))
     figures = write_figures(
         args.figures, test.x, labels, probabilities, evaluation, kernel, history
@@ -168,34 +280,57 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs.setup(params.mlflow, project_root(args.params))
     run_info = json.loads(args.run_info.read_text())
     run_id = run_info["run_id"]
+    info = mlflow.models.get_model_info(run_info["model_uri"])
+    digest = registry.test_digest(test.x, labels)
+    signature = str(info.signature.inputs) if info.signature else "unknown"
+    table = None
     # a full disk under the artifact store names it; the run then ends FAILED, and no
     # metrics.json is left for `report` or `dvc metrics` to trust
     with (
         runs.tracked_run(run_id=run_id) as run,
         reporting_disk_full(runs.artifact_dir(run)),
     ):
-        mlflow.log_metrics(evaluation.metrics)
+        # against the logged model too, so the UI's Models view ranks models by them
+        dataset = runs.numpy_dataset(test.x, test.y, args.data / "test.npz", digest)
+        mlflow.log_metrics(evaluation.metrics, model_id=info.model_id, dataset=dataset)
         for path in figures:
             mlflow.log_artifact(str(path), artifact_path="plots")
         matrix = pd.DataFrame(evaluation.confusion, columns=[str(d) for d in range(NUM_CLASSES)])
         matrix.insert(0, "actual", range(NUM_CLASSES))
         mlflow.log_table(matrix, artifact_file="confusion_matrix.json")
         mlflow.log_table(evaluation.per_class, artifact_file="per_class.json")
-        registered = registry.register(
-            run_info["model_uri"], evaluation.metrics["test/accuracy"], params.mlflow
+        mlflow.log_table(calibration(labels, probabilities)[1], artifact_file="calibration.json")
+        registry.log_predictions(labels, probabilities)
+        mlflow.set_tag(registry.TEST_DIGEST_TAG, digest)
+        registered, before = registry.register(
+            run_info["model_uri"], labels, predicted, digest, signature, params.mlflow
         )
-        mlflow.set_tags(
-            {"registry.version": registered.version, "registry.champion": registered.champion}
-        )
+        mlflow.set_tags(registry.run_tags(registered))
+        if before is not None:
+            table = fixed_and_broke(labels, before["predicted"], predicted)
+            for path in comparison_figures(
+                args.figures, test.x, labels, before["predicted"], predicted, table,
+                (str(registered.previous), registered.version),
+            ):  # fmt: skip
+                mlflow.log_artifact(str(path), artifact_path="comparison")
+            mlflow.log_table(table, artifact_file="comparison/fixed_and_broke.json")
+        name = run.info.run_name or run_id
+        train_metrics = mlflow.get_run(run_id).data.metrics
+        mlflow.set_tag("mlflow.note.content", headline(evaluation.metrics, train_metrics, name))
         write_json(args.metrics, evaluation.metrics)
     log.info(
-        "test accuracy %.4f (%d errors), logged to run %s",
+        "test accuracy %.4f (%d errors, ECE %.4f), logged to run %s",
         evaluation.metrics["test/accuracy"],
         evaluation.metrics["test/errors"],
+        evaluation.metrics["test/ece"],
         run_id,
     )
     line = registry.registration_line(registered, evaluation.metrics["test/accuracy"])
-    write_json(args.registry, {**dataclasses.asdict(registered), "decision": line})
+    decision = {**dataclasses.asdict(registered), "line": line}
+    decision["fixed_and_broke"] = (
+        [] if table is None else json.loads(table.to_json(orient="records"))
+    )
+    write_json(args.registry, decision)
     log.info("%s", line)
 
 

@@ -20,7 +20,15 @@ FIGURES = (
     ("Confusion matrix", "confusion_matrix"),
     ("Most confident mistakes", "misclassified"),
     ("Correctly classified", "correct"),
+    ("Reliability diagram (calibration)", "reliability"),
     ("Learned softmax weights", "softmax_weights"),
+)
+COMPARISON = (
+    ("Confusion matrix against the champion", "champion_vs_challenger"),
+    ("Test digits fixed and broken", "fixed_and_broke"),
+)
+TABLE_ROWS = (
+    40  # fixed and broken digits, half each; the run's comparison/fixed_and_broke.json has all
 )
 
 
@@ -64,12 +72,18 @@ def render(
         "## Per digit",
         _table(per_class.itertuples(index=False), per_class.columns),
     ]
-    if registry:
-        parts += ["## Model registry", registry["decision"] + "."]
+    parts += [
+        "## Calibration",
+        f"Expected calibration error {metrics['test/ece']:.4f}: the mean gap between confidence "
+        "(the top softmax probability) and accuracy over 15 equal-width confidence bins, "
+        "weighted by the images in each (0 is perfectly calibrated).",
+    ]
     parts += spread_section(params, spread)
     for title, key in FIGURES:
         if key in images:
             parts += [f"## {title}", f"![{title}]({images[key]})"]
+    if registry:
+        parts += registry_section(registry, images)
     return "\n\n".join(parts) + "\n"
 
 
@@ -91,6 +105,38 @@ def spread_section(params: dict[str, Any], spread: dict[str, Any] | None) -> lis
         "sd is the sample standard deviation over seeds.",
         _table(describe(spread["spread"]), ("metric", "mean", "sd", "min", "max")),
     ]
+
+
+def registry_section(registry: dict[str, Any], images: dict[str, str]) -> list[str]:
+    """The registry's decision, and champion against challenger when there was a champion."""
+    parts = ["## Model registry", registry["line"] + "."]
+    test = registry.get("test")
+    if test:
+        parts.append(
+            _table(
+                [
+                    ("fixed (challenger right, champion wrong): c", test["c"]),
+                    ("broke (champion right, challenger wrong): b", test["b"]),
+                    ("McNemar exact p-value", f"{test['p_value']:.4g}"),
+                    ("decision", registry["decision"]),
+                ],
+                ("champion against challenger", "value"),
+            )
+        )
+    for title, key in COMPARISON:
+        if key in images:
+            parts += [f"### {title}", f"![{title}]({images[key]})"]
+    rows = registry.get("fixed_and_broke") or []
+    if rows:
+        header = ("test index", "digit", f"champion v{registry['previous']}", "challenger", "")
+        half = TABLE_ROWS // 2
+        shown = [r for r in rows if r["change"] == "fixed"][:half]
+        shown += [r for r in rows if r["change"] == "broke"][:half]
+        cells = [(r["test_index"], r["digit"], r["champion"], r["challenger"], r["change"])
+                 for r in shown]  # fmt: skip
+        more = f" ({len(shown)} of {len(rows)}; all in the run)" if len(shown) < len(rows) else ""
+        parts += [f"### Fixed and broken test digits{more}", _table(cells, header)]
+    return parts
 
 
 @stage_main

@@ -84,7 +84,10 @@ def train(
     checkpointer = resumable(params, digest, checkpoint_path)
     start = checkpointer.start if checkpointer else None
     run_id = start.run_id if start else None
-    with runs.tracked_run(run_name=os.environ.get("DVC_EXP_NAME"), run_id=run_id) as run:
+    # system metrics (CPU, memory) every 10 s by MLflow's monitor thread; needs psutil
+    with runs.tracked_run(
+        run_name=runs.run_name(params), run_id=run_id, log_system_metrics=True
+    ) as run:
         if checkpointer is not None:
             checkpointer.run_id = run.info.run_id
         if start is not None:

@@ -69,14 +69,14 @@ def stage_command(params: Path, data: Path, out: Path) -> list[str]:
 def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any]:
     """Alternate the train stage and the bare Keras script (ABBA order), then time the
     preprocess stage on the raw files and a no-op `dvc repro`."""
-    bare = Path(__file__).resolve().parents[2] / "bench" / "bare_keras.py"
+    bare = Path(__file__).resolve().parents[3] / "bench" / "bare_keras.py"
     runs: dict[str, list[dict[str, float]]] = {"stage": [], "bare": []}
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
         # the stage logs to a throw-away MLflow store, created here before any timing
-        from digits.lib.tracking import runs
+        from digits.lib.tracking import runs as tracking
 
-        runs.setup(load_params(params).mlflow, out)
+        tracking.setup(load_params(params).mlflow, out)
         env = {**os.environ, "DVC_ROOT": str(out), "TF_CPP_MIN_LOG_LEVEL": "3"}
         env.pop("MLFLOW_TRACKING_URI", None)  # the stage finds the same store via DVC_ROOT
         for i in range(repeats):

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import mlflow
 
 from digits import PipelineError
-from digits.lib.config import MLflowConfig
+from digits.lib.config import MLflowConfig, Params
 from digits.lib.secrets import redact_text
 from digits.lib.urls import check_database, is_database_url
 from digits.lib.vocab import epoch_metrics
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = {"http", "https", "databricks"}
 PROCESS_TAG = "process"  # host:pid of the process that has the run open
+# The experiment tag MLflow's UI reads and writes for an experiment's kind: model training
+# ("Machine learning"), not GenAI
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 class TrackingError(PipelineError):
@@ -82,9 +86,48 @@ def setup(cfg: MLflowConfig, root: Path) -> str:
         local = urlparse(uri).scheme not in REMOTE_SCHEMES
         location = (root / cfg.artifact_location).resolve().as_uri() if local else None
         experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    if (
+        experiment is None or EXPERIMENT_KIND not in experiment.tags
+    ):  # a choice made in the UI stays
+        mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     mlflow.set_experiment(experiment_id=experiment_id)
     close_dead_runs(experiment_id)
     return experiment_id
+
+
+def run_name(params: Params) -> str:
+    """What a run trains, as its name: the DVC experiment's name when there is one, else a
+    short description such as `mlp-2x512-relu` or `cnn-32-64-k3` (never MLflow's random one)."""
+    if exp := os.environ.get("DVC_EXP_NAME"):
+        return exp
+    model = params.model
+    if model.type == "mlp":
+        units = model.mlp.units
+        sizes = f"{len(units)}x{units[0]}" if len(set(units)) == 1 else "-".join(map(str, units))
+        name = f"mlp-{sizes or 0}-{model.mlp.activation}" + ("-bn" if model.mlp.batch_norm else "")
+    elif model.type == "cnn":
+        filters = "-".join(map(str, model.cnn.filters))
+        name = f"cnn-{filters}-k{model.cnn.kernel_size}" + ("-bn" if model.cnn.batch_norm else "")
+    elif model.type == "numpy_mlp":
+        name = "numpy_mlp-" + "-".join(map(str, model.numpy_mlp.hidden))
+    else:
+        name = model.type
+    if model.augment.enabled:
+        name += "-aug"
+    if model.dtype_policy == "mixed_bfloat16":
+        name += "-bf16"
+    return name
+
+
+def ui_address(cfg: MLflowConfig, root: Path, base: str) -> str:
+    """The experiment's runs in the MLflow UI at `base`, in the model training view. MLflow
+    3.17's UI opens an experiment in GenAI or model training by a global switch (GenAI by
+    default), not by the experiment's tag; `workflowType` in the address sets the switch, and
+    only on the experiment's own page (from the experiments list it is lost on the way)."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(cfg, root))
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    page = f"experiments/{experiment.experiment_id}/runs" if experiment else "experiments"
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
 def process_id(pid: int | None = None) -> str:
@@ -213,17 +256,21 @@ def context_tags(root: Path, data_digest: str) -> dict[str, str]:
     return tags
 
 
-def log_dataset(x: Any, y: Any, path: Path, digest: str, context: str) -> None:
-    """Record a split as the run's dataset input (shown in the UI's Datasets column), identified
-    by `digest`, the sha256 of the data files: its first 8 digits as the dataset's digest (the
-    length MLflow's own have), all of it as the input's tag `sha256`. (MLflow's own digest
-    would hash the first 10,000 values only, after copying the whole array.)"""
+def numpy_dataset(x: Any, y: Any, path: Path, digest: str) -> mlflow.data.Dataset:
+    """A split as an MLflow dataset named after its file, identified by `digest` (its first 8
+    digits, the length MLflow's own have). (MLflow's own digest would hash the first 10,000
+    values only, after copying the whole array.)"""
     with warnings.catch_warnings():  # a local path matches two equivalent source resolvers
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_numpy(
+        return mlflow.data.from_numpy(
             x, targets=y, name=path.name, source=str(path.resolve()), digest=digest[:8]
         )
-    mlflow.log_input(dataset, context=context, tags={"sha256": digest})
+
+
+def log_dataset(x: Any, y: Any, path: Path, digest: str, context: str) -> None:
+    """Record a split as the run's dataset input (shown in the UI's Datasets column), identified
+    by `digest`, the sha256 of the data files, all of it in the input's tag `sha256`."""
+    mlflow.log_input(numpy_dataset(x, y, path, digest), context=context, tags={"sha256": digest})
 
 
 def epoch_logger() -> keras.callbacks.Callback:
