@@ -42,7 +42,7 @@ test: setup ## Run the test suite on every core (synthetic data, no network; ~3 
 test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIST_MIRROR)
 	pytest -m ''
 
-test-integration: setup ## Scale-out checks: clones + DVC remote, sshd, kill -9 and resume (~5 min)
+test-integration: setup ## Whole multi-process scenarios: clones + DVC remote, sshd, resume, real sweeps, full disks
 	pytest -m integration
 
 test-browser: setup ## The MLflow UI in Debian's Chromium via Playwright (apt-get install chromium)

@@ -193,6 +193,7 @@ def tiny_tmpfs(tmp_path: Path):
     subprocess.run(["umount", str(point)], check=True)
 
 
+@pytest.mark.integration  # a whole multi-process scenario: `make test-integration`
 def test_a_real_full_disk_under_the_model(
     tmp_path: Path, mirror, processed: Path, tiny_tmpfs: Path
 ) -> None:
@@ -291,6 +292,7 @@ def test_a_full_disk_under_the_journal_names_it(
         storage.create_new_study(directions=[StudyDirection.MINIMIZE], study_name="s")
 
 
+@pytest.mark.integration  # a whole multi-process scenario: `make test-integration`
 def test_evaluate_on_a_full_disk_leaves_no_metrics_and_the_run_failed(
     tmp_path: Path, mirror, processed: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

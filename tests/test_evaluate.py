@@ -126,6 +126,7 @@ def client_for(root: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@pytest.mark.integration  # a whole multi-process scenario: `make test-integration`
 def test_run_is_named_described_and_ranked_with_system_metrics(two_models) -> None:
     root, (first, _) = two_models
     client = client_for(root)

@@ -158,6 +158,7 @@ def pg_with_password() -> Any:
     drop_database(url)
 
 
+@pytest.mark.integration  # a whole multi-process scenario: `make test-integration`
 def test_a_real_sweep_never_shows_the_password(
     tmp_path: Path, small_params: dict[str, Any], processed: Path, pg_with_password: str
 ) -> None:

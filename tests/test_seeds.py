@@ -27,6 +27,7 @@ def test_spread_is_mean_sample_sd_min_max() -> None:
     assert seed_list(42, 3) == [42, 43, 44]
 
 
+@pytest.mark.integration  # a whole multi-process scenario: `make test-integration`
 def test_repeat_trains_seeds_as_child_runs_with_their_spread(
     tmp_path: Path, small_params: dict[str, Any], processed: Path
 ) -> None:
@@ -93,7 +94,7 @@ def test_report_shows_the_spread_of_its_own_configuration_only(
     rows = [{"test/accuracy": 0.97, "test/errors": 30}, {"test/accuracy": 0.98, "test/errors": 20}]
     record = run_record(params, [42, 43], run_id="abc", spread=spread(rows))
     args = (
-        {"test/accuracy": 0.97, "test/errors": 30, "test/loss": 0.1},
+        {"test/accuracy": 0.97, "test/errors": 30, "test/loss": 0.1, "test/ece": 0.01},
         {"train/epochs": 2, "selected/epoch": 2, "train/seconds": 1.0},
         pd.DataFrame({"digit": [0], "precision": [1.0]}),
         {},

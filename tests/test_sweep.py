@@ -410,6 +410,7 @@ def test_a_study_keeps_its_objectives(project: Path) -> None:
         load(project)
 
 
+@pytest.mark.integration  # a whole multi-process scenario: `make test-integration`
 def test_multi_objective_sweep_has_a_pareto_front_and_never_prunes(
     project: Path, processed: Path
 ) -> None:
@@ -462,6 +463,7 @@ def test_multi_objective_sweep_has_a_pareto_front_and_never_prunes(
         assert settings[key] == value, key
 
 
+@pytest.mark.integration  # a whole multi-process scenario: `make test-integration`
 def test_repeats_optimise_the_mean_and_prune_on_the_first_seed(
     project: Path, processed: Path
 ) -> None:
