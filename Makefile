@@ -43,7 +43,7 @@ test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIS
 	pytest -m ''
 
 test-integration: setup ## Whole multi-process scenarios: clones + DVC remote, sshd, resume, real sweeps, full disks
-	pytest -m integration
+	pytest -m integration -n auto --dist loadgroup --durations=10
 
 test-browser: setup ## The MLflow UI in Debian's Chromium via Playwright (apt-get install chromium)
 	pytest -m browser --durations=5
