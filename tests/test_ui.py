@@ -224,6 +224,8 @@ def test_run_page_shows_name_description_and_test_accuracy(page, ui, filled) -> 
         page.get_by_text("Description").first.wait_for(state="visible")
         # the description's headline, markdown rendered (the run name in bold)
         page.get_by_text(note.split("**: ")[1][:30]).first.wait_for(state="visible")
+        body = page.inner_text("body")
+        assert run.info.run_name in body and "test/accuracy" in body
 
 
 def test_confusion_matrix_artifact_renders_as_an_image(page, ui, filled) -> None:
