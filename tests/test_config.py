@@ -95,3 +95,24 @@ def test_invalid_params_fail_fast_without_tensorflow(tmp_path: Path) -> None:
     )
     assert out.stdout.strip() == "False 1"
     assert "train.batch_size: Input should be greater than 0" in out.stderr
+
+
+def test_speed_options_are_checked() -> None:
+    raw = real_params()
+    raw["model"]["cnn"]["padding"] = "full"
+    raw["model"]["augment"]["crop"] = -1
+    raw["train"].update(beta_1=1.0, label_smoothing=1.5)
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert "model.cnn.padding: Input should be 'same' or 'valid' (got 'full')" in message
+    assert "model.augment.crop" in message
+    assert "train.beta_1" in message and "train.label_smoothing" in message
+    # rules across keys, checked once every key is valid on its own
+    raw = real_params()
+    raw["model"]["cnn"].update(filters=[8, 16], kernel_size=[5])
+    raw["train"].update(lr_schedule="constant", warmup=0.2)
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert "kernel_size lists 1 sizes but filters has 2 blocks" in str(err.value)
+    assert "warmup 0.2 needs lr_schedule: cosine" in str(err.value)
