@@ -334,3 +334,15 @@ def test_space_dimensions_are_checked_together(small_params: dict[str, Any]) -> 
     del small_params["sweep"]["space"]["model.mlp.width"]
     with pytest.raises(ParamsError, match=r"sweep\.space\.model\.mlp\.depth: width lists 4 layer"):
         parse_params(small_params)
+
+
+def test_workers_threads_cap_tensorflow_thread_pools() -> None:
+    """`sweep.threads` reaches each worker as TensorFlow's thread-pool sizes; 0 leaves them."""
+    from digits.tools.sweep.workers import run_workers, thread_env
+
+    assert thread_env(0) == {}
+    probe = "import os; print(os.environ['TF_NUM_INTRAOP_THREADS'], flush=True)"
+    exits: list[int] = []
+    codes = run_workers([[sys.executable, "-c", probe]], "x", lambda w, c: exits.append(c), 1)
+    assert list(codes.values()) == [0] and exits == [0]
+    assert thread_env(1) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}

@@ -228,6 +228,10 @@ class SweepConfig(Strict):
     startup_trials: int = Field(default=5, ge=0)  # trials before the median pruner prunes
     warmup_epochs: int = Field(default=3, ge=0)  # epochs every trial runs before it can be pruned
     heartbeat: float = Field(default=30.0, gt=0)  # seconds; stale-trial detection, RDB storages
+    workers: int = Field(default=2, ge=1)  # worker processes on this machine (--workers wins)
+    # TensorFlow threads per worker (0: TensorFlow's default, one per core); keep
+    # workers x threads <= cores, or the workers' thread pools fight over the cores
+    threads: int = Field(default=1, ge=0)
     fixed: dict[str, Any]  # the same for every trial, e.g. `train.epochs: 15`
     space: dict[str, Dimension] = Field(min_length=1)
 

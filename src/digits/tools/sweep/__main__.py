@@ -22,7 +22,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run (or resume) the sweep: `make sweep`")
-    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    run.add_argument("--workers", type=int, help="worker processes on this machine (sweep.workers)")
     run.add_argument(
         "--out", type=Path, default=Path("reports/sweep"), help="folder for trials.csv and plots"
     )
@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "promote":
         promote(args.params, args.study or cfg.study, url)
         return
-    if getattr(args, "workers", 1) < 1:
+    workers = getattr(args, "workers", None) or cfg.workers
+    if workers < 1:
         raise ParamsError("--workers must be at least 1")
     opts = SweepOptions(
         params_path=args.params,
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         n_trials=args.n_trials or cfg.n_trials,
         data=args.data,
         out=getattr(args, "out", SweepOptions.out),
-        workers=getattr(args, "workers", 1),
+        workers=workers,
         timeout=getattr(args, "timeout", None) or cfg.timeout,
     )
     from digits.tools.sweep import workers

@@ -94,6 +94,7 @@ class Objective:
     interruption: Interruption
 
     def __call__(self, trial: optuna.Trial) -> float:
+        import keras
         import mlflow
         import optuna
 
@@ -102,6 +103,8 @@ class Objective:
 
         trial.set_user_attr("worker", runs.process_id())  # first: who owns this trial
         self.interruption.check()
+        # a fresh graph: otherwise every earlier trial's layers stay in this process
+        keras.backend.clear_session()
         sweep = self.params.sweep
         assert sweep is not None
         overrides = {**sweep.fixed, **{k: suggest(trial, k, d) for k, d in sweep.space.items()}}

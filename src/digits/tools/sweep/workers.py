@@ -112,15 +112,28 @@ def worker_command(opts: SweepOptions, parent: str, seed: int) -> list[str]:
     return command
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that caps a worker's TensorFlow thread pools at `threads` (0: no cap). Two
+    workers each running a pool per core would oversubscribe the cores."""
+    if not threads:
+        return {}
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads)}
+
+
 def run_workers(
-    commands: list[list[str]], storage: str, on_exit: Callable[[str, int], None]
+    commands: list[list[str]],
+    storage: str,
+    on_exit: Callable[[str, int], None],
+    threads: int = 0,
 ) -> dict[str, int]:
-    """Start the workers and wait for them, calling `on_exit(worker id, exit code)` as each one
-    ends (at once, so a killed worker's trial is freed while the others work on); Ctrl-C or
-    SIGTERM is passed on to each as SIGINT. Returns {worker id: exit code}."""
+    """Start the workers (each with at most `threads` TensorFlow threads, 0: no cap) and wait
+    for them, calling `on_exit(worker id, exit code)` as each one ends (at once, so a killed
+    worker's trial is freed while the others work on); Ctrl-C or SIGTERM is passed on to each
+    as SIGINT. Returns {worker id: exit code}."""
     from digits.lib.tracking.runs import process_id
 
-    env = {**os.environ, "OPTUNA_STORAGE": storage}  # not in argv: it may hold a password
+    # the storage is not in argv: it may hold a password
+    env = {**os.environ, "OPTUNA_STORAGE": storage, **thread_env(threads)}
     # own sessions: a Ctrl-C reaches the launcher only, which passes one SIGINT to each worker
     started = (subprocess.Popen(c, env=env, start_new_session=True) for c in commands)
     procs = {process_id(p.pid): p for p in started}
@@ -174,7 +187,7 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
             {
                 f"sweep.{k}": v
                 for k, v in flatten(params.sweep.model_dump()).items()
-                if k not in ("study", "storage", "n_trials", "timeout")
+                if k not in ("study", "storage", "n_trials", "timeout", "workers")
             }
         )
         mlflow.log_params(
@@ -196,7 +209,7 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
                 )
 
         try:
-            codes = run_workers(commands, opts.storage, on_exit)
+            codes = run_workers(commands, opts.storage, on_exit, params.sweep.threads)
         finally:
             study = open_study(params, opts.storage, opts.study, params.sweep.seed)
             if failed := fail_orphans(study):
