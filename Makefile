@@ -45,10 +45,11 @@ ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT)
 
 SWEEP_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS)) \
   $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STUDY),--study $(STUDY)) \
-  $(if $(STORAGE),--storage '$(STORAGE)')
-STUDY_ARGS = $(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage '$(STORAGE)')
+  $(if $(STORAGE),--storage '$(STORAGE)') $(if $(SPACE),--space $(SPACE))
+STUDY_ARGS = $(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage '$(STORAGE)') \
+  $(if $(SPACE),--space $(SPACE))
 
-sweep: setup ## Optuna sweep (N_TRIALS= TIMEOUT= WORKERS= STUDY= STORAGE=); resumes a study
+sweep: setup ## Optuna sweep (N_TRIALS= TIMEOUT= WORKERS= STUDY= STORAGE= SPACE=cnn); resumes a study
 	dvc repro preprocess
 	python -m digits.tools.sweep run $(SWEEP_ARGS)
 

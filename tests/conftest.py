@@ -90,7 +90,7 @@ def shrink(raw: dict[str, Any], hashes: dict[str, str], mirrors: list[str]) -> d
         sweep["fixed"]["train.epochs"] = 2
         sweep["space"]["model.mlp.depth"] = {"low": 1, "high": 2}
         sweep["space"]["model.mlp.width"] = {"choices": [16, 32]}
-        sweep.update(n_trials=4, startup_trials=1, warmup_epochs=1, workers=1)
+        sweep.update(n_trials=4, startup_trials=1, warmup_epochs=1, workers=1, pruner="median")
     return raw
 
 

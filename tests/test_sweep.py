@@ -42,7 +42,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Leaves only (a dict value of a leaf key such as sweep.space.x is kept whole)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("fixed", "space", "files"):
+        if isinstance(value, dict) and key not in ("fixed", "space", "spaces", "files"):
             flat.update(_flat(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -346,3 +346,16 @@ def test_workers_threads_cap_tensorflow_thread_pools() -> None:
     codes = run_workers([[sys.executable, "-c", probe]], "x", lambda w, c: exits.append(c), 1)
     assert list(codes.values()) == [0] and exits == [0]
     assert thread_env(1) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+
+
+def test_named_space_replaces_the_study_fixed_settings_and_space() -> None:
+    """`make sweep SPACE=cnn`: the CNN study of params.yaml, checked like the main space."""
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    cnn = params.sweep.choose("cnn")
+    assert cnn.study != params.sweep.study and cnn.fixed["model.type"] == "cnn"
+    assert "model.mlp.width" not in cnn.space and cnn.pruner == params.sweep.pruner
+    assert params.sweep.choose(None) is params.sweep
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sweep"]["spaces"]["cnn"]["space"]["model.cnn.padding"] = {"choices": ["full"]}
+    with pytest.raises(Exception, match=r"sweep\.spaces\.cnn\.space\.model\.cnn\.padding"):
+        parse_params(raw)

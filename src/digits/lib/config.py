@@ -215,6 +215,16 @@ class Dimension(Strict):
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
 
+class SearchSpace(Strict):
+    """Another study over another space, `make sweep SPACE=<name>`: it replaces the study name,
+    `fixed` and `space` of `sweep:` (and `n_trials`, when given); the rest is shared."""
+
+    study: str = Field(min_length=1)
+    n_trials: int | None = Field(default=None, gt=0)
+    fixed: dict[str, Any]
+    space: dict[str, Dimension] = Field(min_length=1)
+
+
 class SweepConfig(Strict):
     """The Optuna search (`make sweep`): the space is data, keyed by dotted param names."""
 
@@ -224,9 +234,9 @@ class SweepConfig(Strict):
     timeout: float | None = Field(default=None, gt=0)  # seconds per `make sweep`
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 42
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "hyperband", "none"] = "hyperband"
     startup_trials: int = Field(default=5, ge=0)  # trials before the median pruner prunes
-    warmup_epochs: int = Field(default=3, ge=0)  # epochs every trial runs before it can be pruned
+    warmup_epochs: int = Field(default=1, ge=0)  # epochs every trial runs before it can be pruned
     heartbeat: float = Field(default=30.0, gt=0)  # seconds; stale-trial detection, RDB storages
     workers: int = Field(default=2, ge=1)  # worker processes on this machine (--workers wins)
     # TensorFlow threads per worker (0: TensorFlow's default, one per core); keep
@@ -234,6 +244,19 @@ class SweepConfig(Strict):
     threads: int = Field(default=1, ge=0)
     fixed: dict[str, Any]  # the same for every trial, e.g. `train.epochs: 15`
     space: dict[str, Dimension] = Field(min_length=1)
+    spaces: dict[str, SearchSpace]  # other studies, by name: `make sweep SPACE=cnn`
+
+    def choose(self, name: str | None) -> SweepConfig:
+        """This sweep with the named space of `spaces` in place of its own (None: as it is)."""
+        if name is None:
+            return self
+        if name not in self.spaces:
+            raise ParamsError(f"sweep.spaces: no space {name!r}; there are {sorted(self.spaces)}")
+        chosen = self.spaces[name]
+        update = {"study": chosen.study, "fixed": chosen.fixed, "space": chosen.space}
+        if chosen.n_trials:
+            update["n_trials"] = chosen.n_trials
+        return self.model_copy(update=update)
 
 
 class Params(Strict):
@@ -270,18 +293,10 @@ class Params(Strict):
     def _sweep_fits_schema(self) -> Params:
         if self.sweep is None:
             return self
-        # every fixed value and every end or choice of each dimension, with the other
-        # dimensions at their first value: what trials will actually combine
-        known = flatten(self.model_dump())
-        first = {**self.sweep.fixed, **{k: d.values[0] for k, d in self.sweep.space.items()}}
-        first = {k: v for k, v in first.items() if k in known}
-        problems = []
-        for key in self.sweep.fixed:
-            problems += _override_problems(self, first, f"sweep.fixed.{key}", key)
-        for key, dim in self.sweep.space.items():
-            for value in dim.values:
-                overrides = {**first, key: value}
-                problems += _override_problems(self, overrides, f"sweep.space.{key}", key)
+        problems = _space_problems(self, self.sweep.fixed, self.sweep.space, "sweep")
+        for name, chosen in self.sweep.spaces.items():
+            where = f"sweep.spaces.{name}"
+            problems += _space_problems(self, chosen.fixed, chosen.space, where)
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
@@ -292,6 +307,25 @@ class Params(Strict):
         for key, value in overrides.items():
             set_dotted(tree, key, value)
         return parse_params(tree, "overrides")
+
+
+def _space_problems(
+    params: Params, fixed: dict[str, Any], space: dict[str, Dimension], where: str
+) -> list[str]:
+    """Why a sweep's `fixed` settings or `space` would make invalid trials: every fixed value
+    and every end or choice of each dimension, with the other dimensions at their first value
+    (what trials will actually combine)."""
+    known = flatten(params.model_dump())
+    first = {**fixed, **{k: d.values[0] for k, d in space.items()}}
+    first = {k: v for k, v in first.items() if k in known}
+    problems = []
+    for key in fixed:
+        problems += _override_problems(params, first, f"{where}.fixed.{key}", key)
+    for key, dim in space.items():
+        for value in dim.values:
+            overrides = {**first, key: value}
+            problems += _override_problems(params, overrides, f"{where}.space.{key}", key)
+    return problems
 
 
 def _override_problems(

@@ -40,6 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     storage = commands.add_parser("storage", help="print the storage URL (for optuna-dashboard)")
     for sub in (run, work, promote, storage):
         sub.add_argument("--study", help="study name (sweep.study)")
+        sub.add_argument("--space", help="a named space of sweep.spaces, e.g. cnn (its study)")
         sub.add_argument(
             "--storage", help="SQLAlchemy URL or journal file ($OPTUNA_STORAGE, sweep.storage)"
         )
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     if params.sweep is None:
         raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
-    cfg = params.sweep
+    cfg = params.sweep.choose(args.space)
+    params = params.model_copy(update={"sweep": cfg})
     url = storage_url(cfg, project_root(args.params), args.storage)
     if args.command == "storage":
         print(url if "://" in url else Path(url).as_posix())
@@ -72,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         data=args.data,
         out=getattr(args, "out", SweepOptions.out),
         workers=workers,
+        space=args.space,
         timeout=getattr(args, "timeout", None) or cfg.timeout,
     )
     from digits.tools.sweep import workers

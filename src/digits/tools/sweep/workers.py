@@ -106,6 +106,8 @@ def worker_command(opts: SweepOptions, parent: str, seed: int) -> list[str]:
     """The command line of one worker process (the storage URL goes in its environment)."""
     command = [sys.executable, "-m", "digits.tools.sweep", "--params", str(opts.params_path)]
     command += ["worker", "--study", opts.study, "--data", str(opts.data)]
+    if opts.space:
+        command += ["--space", opts.space]
     command += ["--parent-run-id", parent, "--seed", str(seed), "--n-trials", str(opts.n_trials)]
     if opts.timeout:
         command += ["--deadline", str(time.time() + opts.timeout)]
