@@ -70,7 +70,7 @@ def stage_command(params: Path, data: Path, out: Path) -> list[str]:
 def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any]:
     """Alternate the train stage and the bare Keras script (ABBA order), then time the
     preprocess stage on the raw files and a no-op `dvc repro`."""
-    bare = Path(__file__).resolve().parents[2] / "bench" / "bare_keras.py"
+    bare = Path(__file__).resolve().parents[3] / "bench" / "bare_keras.py"
     runs: dict[str, list[dict[str, float]]] = {"stage": [], "bare": []}
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
@@ -212,7 +212,7 @@ def run_flops(params: Any, n_train: int, n_val: int, epochs: int) -> dict[str, f
 
 def convnet_seconds(data: Path, env: dict[str, str]) -> dict[str, Any]:
     """Run keras-io's mnist_convnet (bench/keras_convnet.py) until it reaches 99.0% test."""
-    script = Path(__file__).resolve().parents[2] / "bench" / "keras_convnet.py"
+    script = Path(__file__).resolve().parents[3] / "bench" / "keras_convnet.py"
     wall, stdout = timed([sys.executable, str(script), "--data", str(data)], env)
     return {**json.loads(stdout.strip().splitlines()[-1]), "wall": wall}
 
