@@ -36,7 +36,7 @@ push: setup ## Upload data and models to the DVC remote (default: ../digits-dvc-
 pull: setup ## Fetch data and models from the DVC remote into the workspace
 	dvc pull
 
-test: setup ## Run the test suite on every core (synthetic data, no network; ~3 min on 2 cores)
+test: setup ## Run the test suite on every core (synthetic data, no network; ~5.5 min on 2 cores)
 	pytest -n auto --dist loadgroup --durations=15
 
 test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIST_MIRROR)

@@ -30,7 +30,9 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([\w-]+)'", output))
 
 
-@pytest.fixture(scope="module")
+# session, not module: xdist runs other files' tests between these on the same worker, and a
+# module fixture would be torn down and built again (a whole `dvc repro`) each time
+@pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory, mirror, http_mirror):
     """A fresh copy of the project (code, dvc.yaml, shrunk params) as its own git + DVC repo."""
     _, hashes = mirror
