@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import yaml
 
 from digits.lib.config import ParamsError, load_params, parse_params, run_params
 
-from conftest import ROOT, real_params
+from conftest import ROOT, real_params, run_without_tensorflow
 
 
 def test_real_params_yaml_is_valid() -> None:
@@ -76,25 +74,18 @@ def test_run_params_are_flat_and_only_the_selected_family() -> None:
     assert flat["train.learning_rate"] == raw["train"]["learning_rate"]
 
 
+TRAIN_ARGV = ["--params", "params.yaml", "--data", "d", "--model", "m.keras", "--run-info", "r"]
+TRAIN_ARGV += ["--metrics", "x", "--history", "h"]
+
+
 def test_invalid_params_fail_fast_without_tensorflow(tmp_path: Path) -> None:
     """A stage given a bad params.yaml exits with the message, before TensorFlow loads."""
     raw = real_params()
     raw["train"]["batch_size"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    code = (
-        "import sys\n"
-        "from digits.stages.train import main\n"
-        "try:\n"
-        "    main(['--params', 'params.yaml', '--data', 'd', '--model', 'm.keras',"
-        " '--run-info', 'r', '--metrics', 'x', '--history', 'h'])\n"
-        "except SystemExit as e:\n"
-        "    print('tensorflow' in sys.modules, e.code)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert out.stdout.strip() == "False 1"
-    assert "train.batch_size: Input should be greater than 0" in out.stderr
+    stdout, stderr = run_without_tensorflow("digits.stages.train", TRAIN_ARGV, tmp_path)
+    assert stdout.splitlines()[-2:] == ["exit 1", "[]"], stderr
+    assert "train.batch_size: Input should be greater than 0" in stderr
 
 
 # --- strictness: duplicate keys, seeds, sizes (issue 18) ---------------------------------------
@@ -175,20 +166,9 @@ def test_a_network_too_big_is_refused_with_its_parameter_count(tmp_path: Path) -
     assert f"model.mlp: the network would have ~{expected:,} parameters" in str(err.value)
     # the same through the train stage: refused before TensorFlow loads
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    code = (
-        "import sys\n"
-        "from digits.stages.train import main\n"
-        "try:\n"
-        "    main(['--params', 'params.yaml', '--data', 'd', '--model', 'm.keras',"
-        " '--run-info', 'r', '--metrics', 'x', '--history', 'h'])\n"
-        "except SystemExit as e:\n"
-        "    print('tensorflow' in sys.modules, e.code)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert out.stdout.strip() == "False 1"
-    assert "parameters" in out.stderr and "make it smaller" in out.stderr
+    stdout, stderr = run_without_tensorflow("digits.stages.train", TRAIN_ARGV, tmp_path)
+    assert stdout.splitlines()[-2:] == ["exit 1", "[]"], stderr
+    assert "parameters" in stderr and "make it smaller" in stderr
 
 
 def test_a_network_bigger_than_this_machine_is_refused_before_tensorflow(

@@ -4,8 +4,6 @@ shows of a run (its name, description, metrics on the logged model, system metri
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from digits.lib.config import parse_params
 from digits.lib.tracking import runs
 from digits.stages.evaluate import calibration, fixed_and_broke
 
-from conftest import real_params, shrink
+from conftest import real_params, run_without_tensorflow, shrink
 
 
 def test_calibration_error_of_known_cases() -> None:
@@ -185,18 +183,9 @@ def test_significance_outside_0_1_is_a_params_error_before_tensorflow(tmp_path, 
     raw = real_params()
     raw["mlflow"]["significance"] = level
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    code = (
-        "import sys\n"
-        "from digits.stages.evaluate import main\n"
-        "try:\n"
-        "    main(['--params', 'params.yaml', '--data', 'd', '--model', 'm.keras',"
-        " '--run-info', 'r', '--history', 'h', '--metrics', 'x', '--confusion', 'c',"
-        " '--per-class', 'p', '--figures', 'f', '--registry', 'g'])\n"
-        "except SystemExit as e:\n"
-        "    print('tensorflow' in sys.modules, e.code)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert out.stdout.strip() == "False 1"
-    assert "mlflow.significance: Input should be" in out.stderr
+    argv = ["--params", "params.yaml", "--data", "d", "--model", "m.keras", "--run-info", "r"]
+    argv += ["--history", "h", "--metrics", "x", "--confusion", "c", "--per-class", "p"]
+    argv += ["--figures", "f", "--registry", "g"]
+    stdout, stderr = run_without_tensorflow("digits.stages.evaluate", argv, tmp_path)
+    assert stdout.splitlines()[-2:] == ["exit 1", "[]"], stderr
+    assert "mlflow.significance: Input should be" in stderr
