@@ -201,3 +201,20 @@ def _path(package: str) -> list[str]:
     module = importlib.import_module(package)
     assert isinstance(module, types.ModuleType)
     return list(module.__path__)
+
+
+def test_xdist_keeps_a_group_on_one_worker(tmp_path: Path) -> None:
+    """`make test` relies on `--dist loadgroup` to keep one DVC project's tests on one worker
+    (test_pipeline.py); pytest 9.2 with xdist 3.8 silently stopped doing so (xdist#1386)."""
+    body = "import pytest\n\n@pytest.mark.parametrize('i', range(4))\ndef test_it(i):\n    pass\n"
+    (tmp_path / "test_grouped.py").write_text(
+        "pytestmark = __import__('pytest').mark.xdist_group('g')\n" + body
+    )
+    (tmp_path / "test_free.py").write_text(body)
+    cmd = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p"]
+    cmd += ["no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = [line.split() for line in done.stdout.splitlines() if line.startswith("[gw")]
+    workers = {words[0] for words in ran if "test_grouped.py" in words[-1]}
+    assert len(ran) == 8 and len(workers) == 1, done.stdout
