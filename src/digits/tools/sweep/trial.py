@@ -3,9 +3,10 @@ MLflow run, one nested run per seed when `sweep.repeats > 1`, and return the obj
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,10 +57,16 @@ class Interruption:
     def __init__(self) -> None:
         self.signal: str | None = None
 
-    def install(self) -> None:
-        """Handle SIGINT and SIGTERM in this (main) thread from now on."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._note)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[Interruption]:
+        """Handle SIGINT and SIGTERM in this (main) thread while inside; the handlers from
+        before come back after (a sweep with one worker runs it in the launcher's process)."""
+        previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _note(self, signum: int, frame: Any) -> None:
         self.signal = signal.Signals(signum).name
@@ -128,7 +135,10 @@ class Objective:
 
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number)}
         name = f"{self.study_name}-{trial.number:03d}"
-        with runs.tracked_run(run_name=name, parent_run_id=self.parent_run_id, tags=tags) as run:
+        # nested: in a one-worker sweep the parent run is the active run of this very process
+        with runs.tracked_run(
+            run_name=name, parent_run_id=self.parent_run_id, nested=True, tags=tags
+        ) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 params = self.params.with_overrides(overrides)

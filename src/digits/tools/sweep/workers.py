@@ -1,5 +1,5 @@
-"""Worker processes: the launcher that starts them under one parent run, the loop each one
-runs, and the clean-up after a worker that died."""
+"""Worker processes: the launcher that starts them under one parent run (or, with one worker,
+runs the loop itself), the loop each one runs, and the clean-up after a worker that died."""
 
 from __future__ import annotations
 
@@ -38,13 +38,23 @@ def work(
 ) -> None:
     """A worker: run trials until the study holds its target of finished trials (counting the
     ones in flight), the deadline passes, or this worker saw `n_trials` of its trials fail."""
+    with Interruption().installed() as interruption:
+        _work(params, opts, parent_run_id, seed, deadline, interruption)
+
+
+def _work(
+    params: Params,
+    opts: SweepOptions,
+    parent_run_id: str,
+    seed: int,
+    deadline: float | None,
+    interruption: Interruption,
+) -> None:
     import optuna
 
     from digits.lib.data import load_splits
     from digits.lib.tracking import runs
 
-    interruption = Interruption()
-    interruption.install()
     study = open_study(params, opts.storage, opts.study, seed)
     runs.setup(params.mlflow, project_root(opts.params_path))
     splits = load_splits(opts.data, ("train", "val"))
@@ -104,13 +114,13 @@ def orphan_runs(study: optuna.Study) -> list[str]:
     return [run for t in trials if (run := t.user_attrs.get("mlflow_run_id"))]
 
 
-def worker_command(opts: SweepOptions, parent: str, seed: int) -> list[str]:
+def worker_command(opts: SweepOptions, parent: str, seed: int, deadline: float | None) -> list[str]:
     """The command line of one worker process (the storage URL goes in its environment)."""
     command = [sys.executable, "-m", "digits.tools.sweep", "--params", str(opts.params_path)]
     command += ["worker", "--study", opts.study, "--data", str(opts.data)]
     command += ["--parent-run-id", parent, "--seed", str(seed), "--n-trials", str(opts.n_trials)]
-    if opts.timeout:
-        command += ["--deadline", str(time.time() + opts.timeout)]
+    if deadline:
+        command += ["--deadline", str(deadline)]
     return command
 
 
@@ -198,8 +208,10 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
             }
         )
         base_seed = params.sweep.seed + len(study.trials)  # a resumed sweep samples anew
+        deadline = time.time() + opts.timeout if opts.timeout else None
         commands = [
-            worker_command(opts, parent.info.run_id, base_seed + i) for i in range(opts.workers)
+            worker_command(opts, parent.info.run_id, base_seed + i, deadline)
+            for i in range(opts.workers)
         ]
 
         def on_exit(worker: str, code: int) -> None:
@@ -209,7 +221,11 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
                 )
 
         try:
-            codes = run_workers(commands, opts.storage, on_exit)
+            if opts.workers == 1:  # in this process: one TensorFlow start-up fewer
+                work(params, opts, parent.info.run_id, base_seed, deadline)
+                codes = {}
+            else:
+                codes = run_workers(commands, opts.storage, on_exit)
         finally:
             study = open_study(params, opts.storage, opts.study, params.sweep.seed)
             if failed := fail_orphans(study):
