@@ -20,7 +20,7 @@ import yaml
 
 from digits.lib.files import DiskFullError, write_json, write_text
 
-from conftest import real_params, shrink, stage_env
+from conftest import fresh_store, real_params, shrink, stage_env
 
 BIN = Path(sys.executable).parent
 FREE = r"\(free there: [\d,]+ bytes \([\d,.]+ MiB\)\)"
@@ -76,11 +76,14 @@ def test_a_full_disk_names_the_path_and_leaves_nothing(
 # --- the train stage --------------------------------------------------------------------------
 
 
-def train_stage(tmp_path: Path, mirror, processed: Path, capsys) -> tuple[int, str]:
+def train_stage(
+    tmp_path: Path, mirror, processed: Path, capsys, store_template: Path
+) -> tuple[int, str]:
     """Run the train stage in-process in `tmp_path` (its own MLflow store); (exit code, stderr)."""
     from digits.stages import train
 
     _, hashes = mirror
+    fresh_store(tmp_path, store_template)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
     argv = ["--params", str(tmp_path / "params.yaml"), "--data", str(processed)]
     argv += ["--model", str(tmp_path / "m/model.keras"), "--run-info", str(tmp_path / "m/run.json")]
@@ -107,7 +110,12 @@ def no_outputs(tmp_path: Path) -> list[str]:
 
 
 def test_model_save_on_a_full_disk_ends_the_run_failed_with_no_outputs(
-    tmp_path: Path, mirror, processed: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path,
+    mirror,
+    processed: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+    store_template: Path,
 ) -> None:
     import keras
 
@@ -119,7 +127,7 @@ def test_model_save_on_a_full_disk_ends_the_run_failed_with_no_outputs(
         return real_save(self, path, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "save", save)
-    code, err = train_stage(tmp_path, mirror, processed, capsys)
+    code, err = train_stage(tmp_path, mirror, processed, capsys, store_template)
     assert code == 1
     model = re.escape(str(tmp_path / "m/model.keras"))
     assert re.search(rf"^error: no space left on the device writing {model} {FREE}", err, re.M)
@@ -130,13 +138,18 @@ def test_model_save_on_a_full_disk_ends_the_run_failed_with_no_outputs(
 
 
 def test_mlflow_artifacts_on_a_full_disk_end_the_run_failed_with_no_outputs(
-    tmp_path: Path, mirror, processed: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path,
+    mirror,
+    processed: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+    store_template: Path,
 ) -> None:
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
     monkeypatch.setattr(LocalArtifactRepository, "log_artifact", enospc)
     monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", enospc)
-    code, err = train_stage(tmp_path, mirror, processed, capsys)
+    code, err = train_stage(tmp_path, mirror, processed, capsys, store_template)
     assert code == 1
     assert re.search(
         rf"^error: no space left on the device writing \S*mlartifacts\S* {FREE}", err, re.M
@@ -146,7 +159,12 @@ def test_mlflow_artifacts_on_a_full_disk_end_the_run_failed_with_no_outputs(
 
 
 def test_a_later_write_failing_removes_what_the_stage_wrote_before(
-    tmp_path: Path, mirror, processed: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path,
+    mirror,
+    processed: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+    store_template: Path,
 ) -> None:
     """The metrics write fails after the model was saved: the run ends FAILED and run.json,
     which `evaluate` reads, is never written; a stale one from the last run is gone too."""
@@ -162,7 +180,7 @@ def test_a_later_write_failing_removes_what_the_stage_wrote_before(
         return real(path, data)
 
     monkeypatch.setattr(train, "write_json", lambda p, d: _via_atomic(failing, p, d))
-    code, err = train_stage(tmp_path, mirror, processed, capsys)
+    code, err = train_stage(tmp_path, mirror, processed, capsys, store_template)
     assert code == 1 and "no space left on the device writing" in err
     assert the_run(tmp_path).info.status == "FAILED"
     assert not (tmp_path / "m/run.json").exists()
@@ -294,7 +312,12 @@ def test_a_full_disk_under_the_journal_names_it(
 
 @pytest.mark.integration  # a whole multi-process scenario: `make test-integration`
 def test_evaluate_on_a_full_disk_leaves_no_metrics_and_the_run_failed(
-    tmp_path: Path, mirror, processed: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path,
+    mirror,
+    processed: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+    store_template: Path,
 ) -> None:
     """The train stage succeeds; `evaluate` then finds the artifact store full: its run ends
     FAILED and no metrics.json is left for `report` or `dvc metrics` to trust."""
@@ -302,7 +325,7 @@ def test_evaluate_on_a_full_disk_leaves_no_metrics_and_the_run_failed(
 
     from digits.stages import evaluate
 
-    code, _ = train_stage(tmp_path, mirror, processed, capsys)
+    code, _ = train_stage(tmp_path, mirror, processed, capsys, store_template)
     assert code == 0
     monkeypatch.setattr(LocalArtifactRepository, "log_artifact", enospc)
     argv = ["--params", str(tmp_path / "params.yaml"), "--data", str(processed)]

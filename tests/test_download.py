@@ -142,7 +142,7 @@ def test_every_http_fault_falls_through_to_the_next_mirror(
     the files come from the good mirror and nothing else is left in the output folder."""
     _, hashes = mirror
     bad = [f"{faulty_mirror}/{fault}/" for fault in ("e500", "slow", "cut", "html")]
-    small_params["download"].update(retries=1, timeout=1)
+    small_params["download"].update(retries=1, timeout=0.5)  # /slow/ answers after 3 s
     cfg = config(small_params, [*bad, f"{faulty_mirror}/ok/"])
     out = tmp_path / "raw"
     download(cfg, out, env={})

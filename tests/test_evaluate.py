@@ -15,7 +15,7 @@ from digits.lib.config import parse_params
 from digits.lib.tracking import runs
 from digits.stages.evaluate import calibration, fixed_and_broke
 
-from conftest import real_params, run_without_tensorflow, shrink
+from conftest import fresh_store, real_params, run_without_tensorflow, shrink
 
 
 def test_calibration_error_of_known_cases() -> None:
@@ -78,13 +78,14 @@ def flags(**paths: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory, mirror, processed: Path):
+def two_models(tmp_path_factory, mirror, processed: Path, store_template: Path):
     """`train` + `evaluate` + `report` twice in one project on the synthetic data: an
     untrained-ish model (1 epoch), then a better one (8 epochs)."""
     from digits.stages import evaluate, report, train
 
     _, hashes = mirror
     root = tmp_path_factory.mktemp("evaluate")
+    fresh_store(root, store_template)
     raw = shrink(real_params(), hashes, ["x"])
     outputs = []
     mp = pytest.MonkeyPatch()

@@ -16,7 +16,7 @@ import yaml
 from digits.lib.data import SPLITS, Split, load_split, load_splits, save_split
 from digits.stages import train as train_stage
 
-from conftest import real_params, shrink, stage_env
+from conftest import fresh_store, real_params, shrink, stage_env
 
 BIN = Path(sys.executable).parent
 
@@ -29,6 +29,7 @@ def write_params(root: Path, hashes: dict[str, str], **train) -> Path:
     return path
 
 
+@pytest.mark.integration  # kill -9 of stage processes: `make test-integration`
 def test_kill_9_at_any_moment_leaves_whole_outputs(tmp_path: Path, mirror, processed: Path) -> None:
     """`preprocess` killed at ten points of its run: every output present is complete."""
     _, hashes = mirror
@@ -53,11 +54,12 @@ def test_kill_9_at_any_moment_leaves_whole_outputs(tmp_path: Path, mirror, proce
 
 
 def test_nan_loss_ends_the_run_failed_with_the_reason(
-    tmp_path: Path, mirror, processed: Path, monkeypatch, capsys
+    tmp_path: Path, mirror, processed: Path, monkeypatch, capsys, store_template: Path
 ) -> None:
     from mlflow import MlflowClient
 
     _, hashes = mirror
+    fresh_store(tmp_path, store_template)
     write_params(tmp_path, hashes, epochs=3)
     data = tmp_path / "poisoned"
     splits = load_splits(processed)

@@ -12,7 +12,7 @@ from digits.lib import numpy_mlp
 from digits.lib.config import MLflowConfig, ParamsError, parse_params
 from digits.lib.numpy_mlp import Network, cost, gradients
 
-from conftest import real_params, shrink
+from conftest import fresh_store, real_params, shrink
 
 CLASSIC = {
     "model.type": "numpy_mlp",
@@ -122,14 +122,14 @@ def test_needs_plain_sgd(mirror) -> None:
 
 
 def test_the_train_stage_tracks_it_like_a_keras_model(
-    params, splits, processed: Path, tmp_path: Path
+    params, splits, processed: Path, tmp_path: Path, store_template: Path
 ) -> None:
     import mlflow
 
     from digits.lib.tracking import runs
     from digits.stages.train import train
 
-    runs.setup(MLflowConfig(), tmp_path)
+    runs.setup(MLflowConfig(), fresh_store(tmp_path, store_template).parent)
     try:
         result = train(params, splits["train"], splits["val"], processed, tmp_path)
         run = mlflow.get_run(result.run_id)

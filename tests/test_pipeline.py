@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, real_params, shrink
+from conftest import ROOT, fresh_store, real_params, shrink
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.xdist_group("pipeline")  # one worker: the tests share one project
@@ -33,10 +33,11 @@ def stages_run(output: str) -> set[str]:
 # session, not module: xdist runs other files' tests between these on the same worker, and a
 # module fixture would be torn down and built again (a whole `dvc repro`) each time
 @pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory, mirror, http_mirror):
+def project(tmp_path_factory: pytest.TempPathFactory, mirror, http_mirror, store_template):
     """A fresh copy of the project (code, dvc.yaml, shrunk params) as its own git + DVC repo."""
     _, hashes = mirror
     root = tmp_path_factory.mktemp("project")
+    fresh_store(root, store_template)
     shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root)
     (root / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, [http_mirror])))
@@ -155,6 +156,7 @@ def test_a_registry_setting_reruns_evaluate_and_report_not_train(project) -> Non
     assert "@best" in (root / "reports/report.md").read_text()
 
 
+@pytest.mark.integration  # kill -9 of a process group: `make test-integration`
 def test_kill_9_during_train_then_repro_recovers(project) -> None:
     """`kill -9` of the whole `dvc repro` while `train` runs: the next `dvc repro` reruns what
     is missing and succeeds, and the killed run does not stay RUNNING."""

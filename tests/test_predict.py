@@ -29,7 +29,7 @@ from digits.tools.predict import (
     top_k,
 )
 
-from conftest import ROOT
+from conftest import ROOT, fresh_store
 
 LINE = re.compile(r"^(?P<name>.+): (?P<label>\d)  \((?P<scores>.+)\)$")
 
@@ -371,12 +371,12 @@ def test_help_is_quick_and_imports_no_tensorflow() -> None:
 
 
 @pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_template: Path):
     """An empty SQLite tracking store in tmp_path, named by $MLFLOW_TRACKING_URI."""
     import mlflow
 
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{fresh_store(tmp_path, store_template)}")
     yield tmp_path
     mlflow.set_tracking_uri(None)
 

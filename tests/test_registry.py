@@ -22,7 +22,7 @@ import pytest
 from digits.lib.config import MLflowConfig
 from digits.lib.tracking import logged_model, registry, runs
 
-from conftest import free_port, stage_env
+from conftest import free_port, fresh_store, stage_env
 
 BIN = Path(sys.executable).parent
 CFG = MLflowConfig()
@@ -39,8 +39,8 @@ class Constant(mlflow.pyfunc.PythonModel):
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    runs.setup(CFG, tmp_path)
+def store(tmp_path: Path, store_template: Path):
+    runs.setup(CFG, fresh_store(tmp_path, store_template).parent)
     yield mlflow.MlflowClient()
     mlflow.set_tracking_uri(None)
 
@@ -269,6 +269,7 @@ def splits(processed: Path):
     return load_splits(processed, ("train", "test"))
 
 
+@pytest.mark.integration  # a model server process: `make test-integration`
 def test_mlflow_models_serve_answers_for_the_champion(store, splits) -> None:
     uri, predicted = trained_uri(splits, epochs=5)
     test = splits["test"]

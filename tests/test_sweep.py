@@ -3,12 +3,14 @@ promote; against the embedded journal storage and against PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from digits.tools.sweep.study import (
 from conftest import (
     ROOT,
     drop_database,
+    fresh_store,
     postgres_database,
     run_without_tensorflow,
     stage_env,
@@ -36,13 +39,38 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def project(tmp_path: Path, small_params: dict[str, Any]) -> Path:
+def project(tmp_path: Path, small_params: dict[str, Any], store_template: Path) -> Path:
     """A project folder with the shrunk params.yaml (comments kept, as `promote` must keep
-    them): MLflow store and journal storage land here."""
+    them) and an empty MLflow store: the sweep's runs and journal storage land here."""
     text = (ROOT / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text)
     edit_params(tmp_path / "params.yaml", _flat(small_params))
+    fresh_store(tmp_path, store_template)
     return tmp_path
+
+
+@pytest.fixture
+def sweep_here(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
+) -> Callable[..., str]:
+    """Runs the sweep's command line in this process, as `make sweep` does with one worker (the
+    trials then run in the launcher's process; TensorFlow is already loaded here). Returns
+    what it printed and logged."""
+    from digits.tools.sweep.__main__ import main
+
+    monkeypatch.chdir(project)
+    for name in [n for n in os.environ if n == "OPTUNA_STORAGE" or n.startswith("DVC_")]:
+        monkeypatch.delenv(name)
+    caplog.set_level(logging.INFO)
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        caplog.clear()
+        main(args)
+        out = capsys.readouterr()
+        return out.out + out.err + caplog.text
+
+    return run
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -56,16 +84,15 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def sweep_args(project: Path, data: Path, *args: str) -> list[str]:
+    """`make sweep`'s arguments for the project."""
+    run = ["run", "--data", str(data), "--out", str(project / "reports/sweep"), *args]
+    return ["--params", str(project / "params.yaml"), *run]
+
+
 def sweep_command(project: Path, data: Path, *args: str) -> list[str]:
     """`make sweep` for the project, as a command line."""
-    cmd = [
-        str(BIN / "python"),
-        "-m",
-        "digits.tools.sweep",
-        "--params",
-        str(project / "params.yaml"),
-    ]
-    return [*cmd, "run", "--data", str(data), "--out", str(project / "reports/sweep"), *args]
+    return [str(BIN / "python"), "-m", "digits.tools.sweep", *sweep_args(project, data, *args)]
 
 
 def run_sweep(project: Path, data: Path, *args: str, check: bool = True) -> str:
@@ -102,16 +129,14 @@ def sweep_runs(project: Path) -> tuple[list[Any], list[Any]]:
     return parents, children
 
 
-def check_two_worker_sweep(project: Path, data: Path, storage: str | None = None) -> None:
-    extra = ["--storage", storage] if storage else []
-    output = run_sweep(project, data, "--workers", "2", "--n-trials", "4", *extra)
+def check_sweep(project: Path, output: str, workers: int, storage: str | None = None) -> None:
+    """A finished 4-trial sweep: every trial a nested run of one parent, results written."""
     study = load(project, storage)
     counts = count_trials(study)
     # two workers can both start the last trial in the same instant: at most one extra
-    assert 4 <= counts.finished <= 5, output
+    assert 4 <= counts.finished <= 4 + (workers > 1), output
     assert counts.running == 0
-    workers = {t.user_attrs["worker"] for t in study.trials}
-    assert len(workers) == 2, "both workers ran trials"
+    assert len({t.user_attrs["worker"] for t in study.trials}) == workers, "each worker ran trials"
 
     parents, children = sweep_runs(project)
     assert len(parents) == 1
@@ -147,19 +172,19 @@ def check_two_worker_sweep(project: Path, data: Path, storage: str | None = None
 
 
 def test_two_workers_record_every_trial_as_a_nested_run(project: Path, processed: Path) -> None:
-    check_two_worker_sweep(project, processed)
+    check_sweep(project, run_sweep(project, processed, "--workers", "2", "--n-trials", "4"), 2)
     assert (project / DEFAULT_JOURNAL).is_file()
 
 
 def test_bad_trial_is_pruned_failing_trial_does_not_stop_the_sweep(
-    project: Path, processed: Path
+    project: Path, processed: Path, sweep_here: Callable[..., str]
 ) -> None:
     study = load(project)
     good = {"train.optimizer": "adam", "train.learning_rate": 0.003}
     study.enqueue_trial(good)  # completes: the median the next trial is measured against
     study.enqueue_trial({"train.optimizer": "momentum", "train.learning_rate": 1e-4})  # pruned
     study.enqueue_trial({"model.mlp.dropout": 1.5})  # out of range: the trial raises
-    output = run_sweep(project, processed, "--n-trials", "3")
+    output = sweep_here(*sweep_args(project, processed, "--n-trials", "3"))
     states = [t.state.name for t in load(project).trials]
     assert states[:3] == ["COMPLETE", "PRUNED", "FAIL"], output
     assert len(states) == 4 and states[3] in FINISHED, "the sweep went on after the failure"
@@ -169,13 +194,15 @@ def test_bad_trial_is_pruned_failing_trial_does_not_stop_the_sweep(
     assert "model.mlp.dropout" in failed[0].data.tags["failure_reason"]
 
 
-def test_resume_continues_the_study(project: Path, processed: Path) -> None:
-    run_sweep(project, processed, "--n-trials", "2")
-    run_sweep(project, processed, "--n-trials", "3")
+def test_resume_continues_the_study(
+    project: Path, processed: Path, sweep_here: Callable[..., str]
+) -> None:
+    sweep_here(*sweep_args(project, processed, "--n-trials", "2"))
+    sweep_here(*sweep_args(project, processed, "--n-trials", "3"))
     study = load(project)
     assert count_trials(study).finished == 3
     assert [t.number for t in study.trials] == [0, 1, 2]
-    output = run_sweep(project, processed, "--n-trials", "3")
+    output = sweep_here(*sweep_args(project, processed, "--n-trials", "3"))
     assert "nothing to run" in output
     parents, children = sweep_runs(project)
     assert len(parents) == 2 and len(children) == 3
@@ -210,6 +237,7 @@ def start_slow_sweep(project: Path, data: Path, **popen: Any) -> tuple[subproces
     raise AssertionError(f"no trial started:\n{proc.communicate()[0]}")
 
 
+@pytest.mark.integration  # kill -9 of a worker process: `make test-integration`
 def test_killed_worker_trial_ends_fail_and_the_others_go_on(project: Path, processed: Path) -> None:
     proc, victim = start_slow_sweep(project, processed)
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
@@ -225,6 +253,7 @@ def test_killed_worker_trial_ends_fail_and_the_others_go_on(project: Path, proce
     assert run.data.tags["failure_reason"] == "process died (killed or crashed)"
 
 
+@pytest.mark.integration  # Ctrl-C to a process group of workers: `make test-integration`
 def test_ctrl_c_ends_trials_fail_and_runs_killed_then_resumes(
     project: Path, processed: Path
 ) -> None:
@@ -252,19 +281,16 @@ def test_ctrl_c_ends_trials_fail_and_runs_killed_then_resumes(
 
 
 def test_promote_round_trips_into_params_and_retrains_the_same(
-    project: Path, processed: Path
+    project: Path, processed: Path, sweep_here: Callable[..., str], store_template: Path
 ) -> None:
     from digits.lib.config import load_params
     from digits.lib.data import load_splits
     from digits.lib.training import fit_logged
 
-    run_sweep(project, processed, "--n-trials", "2")
+    sweep_here(*sweep_args(project, processed, "--n-trials", "2"))
     best = load(project).best_trial
-    cmd = [str(BIN / "python"), "-m", "digits.tools.sweep", "--params", "params.yaml", "promote"]
-    out = subprocess.run(
-        cmd, cwd=project, env=stage_env(), capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
+    output = sweep_here("--params", "params.yaml", "promote")
+    assert f"trial {best.number} (" in output and "written to params.yaml" in output
     text = (project / "params.yaml").read_text()
     assert "# softmax | mlp | cnn" in text, "comments kept"
     params = load_params(project / "params.yaml")
@@ -274,7 +300,7 @@ def test_promote_round_trips_into_params_and_retrains_the_same(
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'check.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{fresh_store(project / 'check', store_template)}")
     mlflow.set_experiment("check")  # not the experiment id another test left active
     splits = load_splits(processed, ("train", "val"))
     with mlflow.start_run():
@@ -306,8 +332,21 @@ def pg_storage() -> Any:
     drop_database(url)
 
 
+def test_one_worker_on_postgresql_trains_in_the_launcher(
+    project: Path, processed: Path, pg_storage: str, sweep_here: Callable[..., str]
+) -> None:
+    from digits.lib.tracking.runs import process_id
+
+    args = sweep_args(project, processed, "--n-trials", "4", "--storage", pg_storage)
+    check_sweep(project, sweep_here(*args), 1, pg_storage)
+    assert {t.user_attrs["worker"] for t in load(project, pg_storage).trials} == {process_id()}
+    assert not (project / DEFAULT_JOURNAL).exists()
+
+
+@pytest.mark.integration  # two worker processes on one PostgreSQL study: `make test-integration`
 def test_two_workers_on_postgresql(project: Path, processed: Path, pg_storage: str) -> None:
-    check_two_worker_sweep(project, processed, pg_storage)
+    args = ["--workers", "2", "--n-trials", "4", "--storage", pg_storage]
+    check_sweep(project, run_sweep(project, processed, *args), 2, pg_storage)
     assert not (project / DEFAULT_JOURNAL).exists()
 
 

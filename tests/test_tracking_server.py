@@ -74,6 +74,7 @@ def train_args(data: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.integration  # a tracking server process on PostgreSQL: `make test-integration`
 def test_stages_log_to_a_postgresql_backed_server(
     tmp_path: Path, mirror, processed: Path, tracking_server: str, monkeypatch, capsys
 ) -> None:
