@@ -3,12 +3,14 @@ MLflow run, one nested run per seed when `sweep.repeats > 1`, and return the obj
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from digits import PipelineError
 from digits.lib.config import Dimension, Params
 from digits.lib.vocab import OBJECTIVES, epoch_metrics
 from digits.tools.sweep.study import reported_metric
@@ -45,6 +47,40 @@ def pruning_callback(trial: optuna.Trial, metric: str) -> keras.callbacks.Callba
                 self.model.stop_training = True
 
     return Pruning()
+
+
+class TakenOver(PipelineError):
+    """Another process failed this worker's trial (its heartbeat went stale) and retried it."""
+
+
+@contextlib.contextmanager
+def taken_over(objective: Objective, trial: optuna.Trial) -> Iterator[None]:
+    """Turn Optuna's refusal to update a finished trial into a reason a person can read (this
+    worker was cut off, paused or without network, long enough to be taken for dead), and note
+    the trial in `objective.taken_over`."""
+    import optuna
+
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError:
+        objective.taken_over = trial.number
+        raise TakenOver(
+            f"trial {trial.number} was failed by another worker while this one trained it: this "
+            "worker's heartbeat went stale (host paused or lost its network); it was retried"
+        ) from None
+
+
+def retry_tags(trial: optuna.Trial) -> dict[str, str]:
+    """`optuna.retry_of` (the trial this one retries), `optuna.retry_of_run` (its MLflow run)
+    and `optuna.retry_inherited_epochs` (its reported epochs, kept) for a retried trial;
+    nothing for a fresh one."""
+    if (retried := trial.user_attrs.get("retry_of")) is None:
+        return {}
+    tags = {"optuna.retry_of": str(retried)}
+    if run := trial.user_attrs.get("retry_of_run"):
+        tags["optuna.retry_of_run"] = run
+    tags["optuna.retry_inherited_epochs"] = str(trial.user_attrs.get("inherited_epochs", 0))
+    return tags
 
 
 class Interruption:
@@ -101,6 +137,7 @@ class Objective:
     parent_run_id: str
     study_name: str
     interruption: Interruption
+    taken_over: int | None = None  # a trial another process failed under this worker
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import mlflow
@@ -127,8 +164,12 @@ class Objective:
             return [*judged, self.interruption.callback()]
 
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number)}
+        tags.update(retry_tags(trial))
         name = f"{self.study_name}-{trial.number:03d}"
-        with runs.tracked_run(run_name=name, parent_run_id=self.parent_run_id, tags=tags) as run:
+        with (
+            runs.tracked_run(run_name=name, parent_run_id=self.parent_run_id, tags=tags) as run,
+            taken_over(self, trial),
+        ):
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 params = self.params.with_overrides(overrides)

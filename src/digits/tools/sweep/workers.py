@@ -23,6 +23,8 @@ from digits.tools.sweep.study import (
     pruning_off_reason,
     redact,
     repair_storage,
+    retry_trial,
+    single_host,
     trial_epochs,
 )
 from digits.tools.sweep.trial import Interruption, Objective
@@ -59,7 +61,8 @@ def work(
 
     while len(failures) < opts.n_trials:
         interruption.check()
-        fail_orphans(study)  # a dead worker's trial must not hold a slot of the budget
+        # a dead worker's trial must not hold a slot of the budget: failed (and retried) here
+        fail_orphans(study, single_host=single_host(opts.storage))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # the same, by heartbeat (RDB storages)
@@ -69,15 +72,31 @@ def work(
         if deadline and time.time() >= deadline:
             log.info("timeout: no new trials")
             return
-        study.optimize(
-            objective, n_trials=1, catch=(Exception,), callbacks=[note_failure], gc_after_trial=True
-        )
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[note_failure],
+                gc_after_trial=True,
+            )
+        except Exception:
+            if objective.taken_over is None:
+                raise
+            # Optuna cannot tell a trial that another worker already failed: go on, the study
+            # holds the retry
+            log.warning("trial %d was taken over; going on", objective.taken_over)
+            objective.taken_over = None
     log.error("stopping: trials %s failed; see their failure_reason in MLflow", failures)
 
 
-def fail_orphans(study: optuna.Study, dead: Iterable[str] = ()) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker process is gone: the ones in `dead`, and any
-    of this host's workers that no longer exist. Other hosts' workers are left to heartbeats."""
+def fail_orphans(
+    study: optuna.Study, dead: Iterable[str] = (), single_host: bool = False
+) -> list[int]:
+    """Mark FAIL, and queue a retry of (`retry_trial`), the RUNNING trials whose worker process
+    is gone: the ones in `dead`, and any of this host's workers that no longer exist (or that
+    ran before this host rebooted). Other hosts' workers are left to heartbeats, except with
+    `single_host` (the journal storage), where a worker on another host is gone."""
     import optuna
     from optuna.trial import TrialState
 
@@ -87,11 +106,12 @@ def fail_orphans(study: optuna.Study, dead: Iterable[str] = ()) -> list[int]:
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")
-        if worker in dead or process_gone(worker):
+        if worker in dead or process_gone(worker, single_host):
             try:
-                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
+                study.tell(trial.number, state=TrialState.FAIL)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
                 continue  # another process (a worker, the launcher) finished it first
+            retry_trial(study, trial)
             failed.append(trial.number)
     return failed
 
@@ -115,11 +135,15 @@ def worker_command(opts: SweepOptions, parent: str, seed: int) -> list[str]:
 
 
 def run_workers(
-    commands: list[list[str]], storage: str, on_exit: Callable[[str, int], None]
+    commands: list[list[str]],
+    storage: str,
+    on_exit: Callable[[str, int], None],
+    beat: Callable[[], None] = lambda: None,
 ) -> dict[str, int]:
     """Start the workers and wait for them, calling `on_exit(worker id, exit code)` as each one
-    ends (at once, so a killed worker's trial is freed while the others work on); Ctrl-C or
-    SIGTERM is passed on to each as SIGINT. Returns {worker id: exit code}."""
+    ends (at once, so a killed worker's trial is freed while the others work on) and `beat()`
+    every half second; Ctrl-C or SIGTERM is passed on to each as SIGINT. Returns {worker id:
+    exit code}."""
     from digits.lib.tracking.runs import process_id
 
     env = {**os.environ, "OPTUNA_STORAGE": storage}  # not in argv: it may hold a password
@@ -133,6 +157,7 @@ def run_workers(
                 if worker not in codes and (code := proc.poll()) is not None:
                     codes[worker] = code
                     on_exit(worker, code)
+            beat()
             time.sleep(0.5)
     except BaseException:
         for proc in procs.values():
@@ -156,8 +181,9 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
     assert params.sweep is not None
     repair_storage(opts.storage)
     study = open_study(params, opts.storage, opts.study, params.sweep.seed)
-    if failed := fail_orphans(study):
-        log.info("trials %s were left RUNNING by dead workers: marked FAIL", failed)
+    alone = single_host(opts.storage)
+    if failed := fail_orphans(study, single_host=alone):
+        log.info("trials %s were left RUNNING by dead workers: marked FAIL, retried", failed)
     epochs = trial_epochs(params) * params.sweep.repeats  # a trial's whole budget: every seed
     if reason := pruning_off_reason(params.sweep):
         log.warning("%s", reason)
@@ -203,17 +229,34 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
         ]
 
         def on_exit(worker: str, code: int) -> None:
-            if code and (failed := fail_orphans(study, {worker})):
+            if code and (failed := fail_orphans(study, {worker}, alone)):
                 log.warning(
-                    "worker %s exited with %d: its trials %s marked FAIL", worker, code, failed
+                    "worker %s exited with %d: its trials %s marked FAIL, retried",
+                    worker,
+                    code,
+                    failed,
                 )
 
+        # other hosts' sweeps end this parent run FAILED if this host dies or is cut off
+        grace = 3 * params.sweep.heartbeat
+        next_beat = 0.0
+
+        def beat() -> None:
+            nonlocal next_beat
+            if time.monotonic() >= next_beat:
+                try:
+                    runs.keep_alive(parent.info.run_id, grace)
+                    next_beat = time.monotonic() + params.sweep.heartbeat
+                except Exception as err:  # an unreachable server must not stop the workers
+                    log.warning("could not renew run %s: %s", parent.info.run_id, err)
+
         try:
-            codes = run_workers(commands, opts.storage, on_exit)
+            beat()
+            codes = run_workers(commands, opts.storage, on_exit, beat)
         finally:
             study = open_study(params, opts.storage, opts.study, params.sweep.seed)
-            if failed := fail_orphans(study):
-                log.warning("trials %s lost their worker: marked FAIL", failed)
+            if failed := fail_orphans(study, single_host=alone):
+                log.warning("trials %s lost their worker: marked FAIL, retried", failed)
             runs.close_dead_runs(experiment_id, orphans=orphan_runs(study))
         if bad := {w: c for w, c in codes.items() if c}:
             log.warning("workers exited abnormally: %s", bad)
