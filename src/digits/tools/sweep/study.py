@@ -63,7 +63,7 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                 heartbeat_interval=max(1, round(heartbeat)),
                 grace_period=max(2, round(2 * heartbeat)),
                 heartbeat_stale_trial_callback=retry_trial,
-                engine_kwargs={"pool_pre_ping": True},
+                engine_kwargs={"pool_pre_ping": True, **session_limits(url, heartbeat)},
             )
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(journal_backend(url))  # the default symlink lock
@@ -128,6 +128,17 @@ def close_trial_run(run_id: str, trial: optuna.trial.FrozenTrial) -> None:
         close_run(run_id, reason)
     except Exception as err:  # the launcher's last clean-up closes it (`orphan_runs`)
         log.warning("could not end run %s of dead trial %d: %s", run_id, trial.number, err)
+
+
+def session_limits(url: str, heartbeat: float) -> dict:
+    """PostgreSQL: end a worker's session that stays inside a transaction (its host died or
+    lost its network between two statements), so the row locks it holds do not stop the other
+    workers from failing its trial; Optuna's transactions hold no user code, so a live worker
+    never waits that long."""
+    if not url.startswith("postgresql"):
+        return {}
+    limit_ms = round(1000 * max(10.0, 2 * heartbeat))
+    return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={limit_ms}"}}
 
 
 def repair_storage(url: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import statistics
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,9 @@ def pruning_callback(trial: optuna.Trial, metric: str) -> keras.callbacks.Callba
         pruned_epoch: int | None = None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            trial.report(epoch_metrics(logs)[metric], epoch + 1)
+            with warnings.catch_warnings():  # a retry keeps the epochs its dead run reported
+                warnings.filterwarnings("ignore", "The reported value is ignored")
+                trial.report(epoch_metrics(logs)[metric], epoch + 1)
             if trial.should_prune():
                 self.pruned_epoch = epoch + 1
                 self.model.stop_training = True
@@ -55,19 +58,24 @@ class TakenOver(PipelineError):
 
 @contextlib.contextmanager
 def taken_over(objective: Objective, trial: optuna.Trial) -> Iterator[None]:
-    """Turn Optuna's refusal to update a finished trial into a reason a person can read (this
-    worker was cut off, paused or without network, long enough to be taken for dead), and note
-    the trial in `objective.taken_over`."""
-    import optuna
-
+    """When the trial fails because another process already failed it (this worker was cut
+    off, paused or without network, long enough to be taken for dead: Optuna refuses to update
+    it, or the database ended the session), say so, and note it in `objective.taken_over`."""
     try:
         yield
-    except optuna.exceptions.UpdateFinishedTrialError:
+    except Exception as err:
+        try:
+            state = trial.study.trials[trial.number].state.name
+        except Exception:
+            raise err from None  # the storage is still out of reach: the error as it was
+        if state == "RUNNING":
+            raise
         objective.taken_over = trial.number
         raise TakenOver(
             f"trial {trial.number} was failed by another worker while this one trained it: this "
-            "worker's heartbeat went stale (host paused or lost its network); it was retried"
-        ) from None
+            f"worker's heartbeat went stale (host paused or lost its network); it was retried "
+            f"({type(err).__name__})"
+        ) from err
 
 
 def retry_tags(trial: optuna.Trial) -> dict[str, str]:

@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 def work(
     params: Params, opts: SweepOptions, parent_run_id: str, seed: int, deadline: float | None
 ) -> None:
-    """A worker: run trials until the study holds its target of finished trials (counting the
-    ones in flight), the deadline passes, or this worker saw `n_trials` of its trials fail."""
+    """A worker: run trials until the study holds its target of finished trials, the deadline
+    passes, or this worker saw `n_trials` of its trials fail. While the last trials run on
+    other workers it waits rather than start more, and retries any whose worker dies."""
     import optuna
 
     from digits.lib.data import load_splits
@@ -67,11 +68,15 @@ def work(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # the same, by heartbeat (RDB storages)
         counts = count_trials(study)
-        if counts.finished + counts.running >= opts.n_trials:
-            return
         if deadline and time.time() >= deadline:
             log.info("timeout: no new trials")
             return
+        if counts.finished >= opts.n_trials:
+            return
+        if counts.finished + counts.running >= opts.n_trials:
+            # the last trials are in flight elsewhere: wait, to retry any whose worker dies
+            time.sleep(min(max(params.sweep.heartbeat, 0.5), 5))
+            continue
         try:
             study.optimize(
                 objective,
