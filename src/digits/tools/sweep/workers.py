@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -228,9 +230,12 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
                 "sweep.workers": opts.workers,
             }
         )
-        base_seed = params.sweep.seed + len(study.trials)  # a resumed sweep samples anew
+        # a resumed sweep samples anew, and so does each host that joins the study at once
+        host = zlib.crc32(socket.gethostname().encode()) % 100_000
+        base_seed = (params.sweep.seed + len(study.trials) + host) % 2**32
         commands = [
-            worker_command(opts, parent.info.run_id, base_seed + i) for i in range(opts.workers)
+            worker_command(opts, parent.info.run_id, (base_seed + i) % 2**32)
+            for i in range(opts.workers)
         ]
 
         def on_exit(worker: str, code: int) -> None:
