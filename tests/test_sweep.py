@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from digits.lib.config import edit_params, flatten, parse_params
+from digits.lib.tracking.runs import ProcessName
 from digits.tools.sweep.study import (
     DEFAULT_JOURNAL,
     FINISHED,
@@ -240,7 +241,7 @@ def start_slow_sweep(project: Path, data: Path, **popen: Any) -> tuple[subproces
 @pytest.mark.integration  # kill -9 of a worker process: `make test-integration`
 def test_killed_worker_trial_ends_fail_and_the_others_go_on(project: Path, processed: Path) -> None:
     proc, victim = start_slow_sweep(project, processed)
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    os.kill(ProcessName.parse(victim.user_attrs["worker"]).pid, signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     study = load(project)
@@ -250,7 +251,9 @@ def test_killed_worker_trial_ends_fail_and_the_others_go_on(project: Path, proce
     assert numbers == list(range(len(numbers))), "no trial counted twice"
     run = client(project).get_run(victim.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
-    assert run.data.tags["failure_reason"] == "process died (killed or crashed)"
+    assert f"trial {victim.number} failed: its worker" in run.data.tags["failure_reason"]
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.params == victim.params, "retried by the surviving worker"
 
 
 @pytest.mark.integration  # Ctrl-C to a process group of workers: `make test-integration`

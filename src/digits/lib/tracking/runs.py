@@ -9,8 +9,10 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = {"http", "https", "databricks"}
-PROCESS_TAG = "process"  # host:pid of the process that has the run open
+PROCESS_TAG = "process"  # process_id() of the process that has the run open
+ALIVE_TAG = "process.alive_until"  # Unix time; see keep_alive
 # The experiment tag MLflow's UI reads and writes for an experiment's kind: model training
 # ("Machine learning"), not GenAI
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -130,33 +133,82 @@ def ui_address(cfg: MLflowConfig, root: Path, base: str) -> str:
     return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
-def process_id(pid: int | None = None) -> str:
-    """`host:pid`, naming a process across machines."""
-    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
-
-
-def process_gone(process: str) -> bool:
-    """True when `process` (host:pid) ran on this host and no longer exists. A process on
-    another host is never judged from here."""
-    host, _, pid = process.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
+def boot_id() -> str:
+    """This kernel boot's id (changes with every reboot), short; "" where Linux has none."""
     try:
-        os.kill(int(pid), 0)
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return ""
+
+
+def start_time(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or ""."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rpartition(")")[2].split()  # the name in parentheses may hold spaces
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_id(pid: int | None = None) -> str:
+    """`host:pid:boot:start`, naming a process across machines, reboots and reused pids."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{boot_id()}:{start_time(pid)}"
+
+
+@dataclass(frozen=True)
+class ProcessName:
+    """A parsed `process_id`; `boot` and `start` are "" in the older `host:pid` names."""
+
+    host: str
+    pid: int
+    boot: str = ""
+    start: str = ""
+
+    @classmethod
+    def parse(cls, name: str) -> ProcessName | None:
+        """`host:pid:boot:start` or `host:pid`; None for anything else."""
+        parts = name.split(":")
+        if len(parts) == 4:
+            host, pid, boot, start = parts
+        elif len(parts) == 2:
+            (host, pid), boot, start = parts, "", ""
+        else:
+            return None
+        return cls(host, int(pid), boot, start) if host and pid.isdigit() else None
+
+
+def process_gone(process: str, single_host: bool = False) -> bool:
+    """True when `process` (a `process_id`) no longer exists: on this host, its pid is gone,
+    or this host rebooted since (boot id), or the pid now names a newer process (start time).
+    A process on another host is gone only when `single_host` says every worker must be on
+    this one (the journal storage); otherwise its heartbeat judges it."""
+    name = ProcessName.parse(process)
+    if name is None:
+        return False
+    if name.host != socket.gethostname():
+        return single_host
+    if name.boot and name.boot != boot_id():
+        return True
+    try:
+        os.kill(name.pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
-    return False
+        pass
+    return bool(name.start) and name.start != start_time(name.pid)
 
 
 def close_dead_runs(
     experiment_id: str, dead: Iterable[str] = (), orphans: Iterable[str] = ()
 ) -> list[str]:
     """End FAILED the experiment's RUNNING runs whose process is gone: killed with -9, crashed,
-    named in `dead` (`host:pid`, e.g. a sweep worker that exited abnormally), or whose run id is
-    in `orphans` (e.g. a sweep trial already failed by its heartbeat on another host). The one
-    clean-up after dead processes, for the stages and the sweep: a run never stays RUNNING."""
+    named in `dead` (process ids, e.g. a sweep worker that exited abnormally), whose run id is
+    in `orphans` (e.g. a sweep trial already failed by its heartbeat on another host), or whose
+    process stopped renewing its `ALIVE_TAG` (a sweep launcher on a host that died or lost its
+    network). The one clean-up after dead processes, for the stages and the sweep: a run never
+    stays RUNNING."""
     client = mlflow.MlflowClient()
     dead, orphans = set(dead), set(orphans)
     closed = []
@@ -164,14 +216,33 @@ def close_dead_runs(
     for run in running:
         process = run.data.tags.get(PROCESS_TAG, "")
         if run.info.run_id in orphans or process in dead or process_gone(process):
-            client.set_tag(run.info.run_id, "failure_reason", "process died (killed or crashed)")
-            if "optuna.trial" in run.data.tags:  # a sweep trial's run: its trial failed too
-                client.set_tag(run.info.run_id, "optuna.state", "FAIL")
-            client.set_terminated(run.info.run_id, status="FAILED")
-            closed.append(run.info.run_id)
+            close_run(run.info.run_id, "process died (killed or crashed)")
+        elif float(run.data.tags.get(ALIVE_TAG, "inf")) < time.time():
+            close_run(
+                run.info.run_id,
+                f"process {process} stopped beating (host died or lost its network)",
+            )
+        else:
+            continue
+        closed.append(run.info.run_id)
     if closed:
         log.warning("runs %s were left RUNNING by dead processes: marked FAILED", closed)
     return closed
+
+
+def close_run(run_id: str, reason: str) -> None:
+    """End a run FAILED with `reason`, for a process that can no longer end it itself."""
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "failure_reason", reason)
+    if "optuna.trial" in client.get_run(run_id).data.tags:  # a sweep trial: it failed too
+        client.set_tag(run_id, "optuna.state", "FAIL")
+    client.set_terminated(run_id, status="FAILED")
+
+
+def keep_alive(run_id: str, grace: float) -> None:
+    """Promise that `run_id`'s process lives for `grace` more seconds: renew it sooner, or any
+    process's `close_dead_runs` ends the run FAILED (hosts' clocks must agree within that)."""
+    mlflow.MlflowClient().set_tag(run_id, ALIVE_TAG, f"{time.time() + grace:.0f}")
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

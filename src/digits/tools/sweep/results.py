@@ -29,7 +29,8 @@ def objective_values(trial: optuna.trial.FrozenTrial, names: list[str]) -> dict[
 
 def trials_frame(study: optuna.Study, names: list[str]) -> Any:
     """One row per trial: number, state, value (one objective) or one column per objective and
-    `pareto` (several), duration, epochs, params, MLflow run."""
+    `pareto` (several), duration, epochs, params, MLflow run, the trial it retried (after its
+    worker died) and the worker that ran it."""
     import pandas as pd
 
     several = len(names) > 1
@@ -48,6 +49,8 @@ def trials_frame(study: optuna.Study, names: list[str]) -> Any:
                 "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
                 **t.params,
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "retry_of": t.user_attrs.get("retry_of"),
+                "worker": t.user_attrs.get("worker"),
             }
         )
     empty = ["number", "state", *(names if several else ["value"])]

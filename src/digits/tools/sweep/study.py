@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -16,8 +17,21 @@ from digits.lib.vocab import METRIC_TO_KERAS
 if TYPE_CHECKING:
     import optuna
 
+log = logging.getLogger(__name__)
+
 DEFAULT_JOURNAL = "sweeps/optuna-journal.log"
 FINISHED = ("COMPLETE", "PRUNED")  # trial states that count toward `n_trials`
+RETRIES = 2  # a trial whose worker died is retried this often: one that kills its worker stops
+# user attrs of a dead worker's trial that describe that attempt, not the configuration
+ATTEMPT_ATTRS = (
+    "worker",
+    "mlflow_run_id",
+    "epochs",
+    "scores",
+    "retry_of",
+    "retry_of_run",
+    "inherited_epochs",
+)
 
 
 def storage_url(cfg: SweepConfig, root: Path, override: str | None = None) -> str:
@@ -28,9 +42,14 @@ def storage_url(cfg: SweepConfig, root: Path, override: str | None = None) -> st
     return str((root / url).resolve())
 
 
+def single_host(url: str) -> bool:
+    """True for the journal file: every worker of its studies runs on this machine."""
+    return "://" not in url
+
+
 def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
-    """A SQLAlchemy URL -> RDBStorage with heartbeats (a dead worker's trial turns FAIL);
-    a file path -> JournalStorage, safe for many processes on one machine."""
+    """A SQLAlchemy URL -> RDBStorage with heartbeats (a dead worker's trial turns FAIL and is
+    retried); a file path -> JournalStorage, safe for many processes on one machine."""
     import optuna
 
     from digits.lib.journal import journal_backend
@@ -43,10 +62,83 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                 url,
                 heartbeat_interval=max(1, round(heartbeat)),
                 grace_period=max(2, round(2 * heartbeat)),
-                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_stale_trial_callback=retry_trial,
+                engine_kwargs={"pool_pre_ping": True, **session_limits(url, heartbeat)},
             )
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(journal_backend(url))  # the default symlink lock
+
+
+def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """After `trial` failed because its worker died (stale heartbeat, or a worker found gone):
+    queue it again (WAITING, same params) keeping the epochs it had reported, as Optuna's
+    `RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)` does and with the same
+    system attrs (its `retried_trial_number`, `retry_history`), and end its MLflow run FAILED
+    when this process logs to MLflow. Returns whether it queued a retry (not past `RETRIES`, and
+    not queued already by another process that noticed first)."""
+    import optuna
+
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    run = trial.user_attrs.get("mlflow_run_id")
+    if run:
+        close_trial_run(run, trial)
+    if len(history) > RETRIES:
+        return False
+    for other in study.get_trials(deepcopy=False):
+        if other.system_attrs.get("retry_history") == history:
+            return False  # another process noticed first and queued it
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+    user_attrs["retry_of"] = trial.number  # public to the trial (Trial has no system attrs)
+    user_attrs["inherited_epochs"] = len(trial.intermediate_values)
+    if run:
+        user_attrs["retry_of_run"] = run
+    study.add_trial(
+        optuna.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs={
+                "failed_trial": history[0],
+                **trial.system_attrs,
+                "retry_history": history,
+            },
+            intermediate_values=trial.intermediate_values,
+        )
+    )
+    return True
+
+
+def close_trial_run(run_id: str, trial: optuna.trial.FrozenTrial) -> None:
+    """End a dead worker's trial run FAILED, if this process is set up to log to MLflow (a
+    worker, or the launcher after `runs.setup`; else the launcher's last clean-up does)."""
+    import mlflow
+
+    from digits.lib.tracking.runs import close_run
+
+    if not mlflow.is_tracking_uri_set():
+        return
+    worker = trial.user_attrs.get("worker", "?")
+    reason = (
+        f"trial {trial.number} failed: its worker {worker} died or lost its network (no "
+        f"heartbeat, or its process is gone) after {len(trial.intermediate_values)} reported "
+        "epochs"
+    )
+    try:
+        close_run(run_id, reason)
+    except Exception as err:  # the launcher's last clean-up closes it (`orphan_runs`)
+        log.warning("could not end run %s of dead trial %d: %s", run_id, trial.number, err)
+
+
+def session_limits(url: str, heartbeat: float) -> dict:
+    """PostgreSQL: end a worker's session that stays inside a transaction (its host died or
+    lost its network between two statements), so the row locks it holds do not stop the other
+    workers from failing its trial; Optuna's transactions hold no user code, so a live worker
+    never waits that long."""
+    if not url.startswith("postgresql"):
+        return {}
+    limit_ms = round(1000 * max(10.0, 2 * heartbeat))
+    return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={limit_ms}"}}
 
 
 def repair_storage(url: str) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import statistics
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from digits import PipelineError
 from digits.lib.config import Dimension, Params
 from digits.lib.vocab import OBJECTIVES, epoch_metrics
 from digits.tools.sweep.study import reported_metric
@@ -40,12 +42,53 @@ def pruning_callback(trial: optuna.Trial, metric: str) -> keras.callbacks.Callba
         pruned_epoch: int | None = None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            trial.report(epoch_metrics(logs)[metric], epoch + 1)
+            with warnings.catch_warnings():  # a retry keeps the epochs its dead run reported
+                warnings.filterwarnings("ignore", "The reported value is ignored")
+                trial.report(epoch_metrics(logs)[metric], epoch + 1)
             if trial.should_prune():
                 self.pruned_epoch = epoch + 1
                 self.model.stop_training = True
 
     return Pruning()
+
+
+class TakenOver(PipelineError):
+    """Another process failed this worker's trial (its heartbeat went stale) and retried it."""
+
+
+@contextlib.contextmanager
+def taken_over(objective: Objective, trial: optuna.Trial) -> Iterator[None]:
+    """When the trial fails because another process already failed it (this worker was cut
+    off, paused or without network, long enough to be taken for dead: Optuna refuses to update
+    it, or the database ended the session), say so, and note it in `objective.taken_over`."""
+    try:
+        yield
+    except Exception as err:
+        try:
+            state = trial.study.trials[trial.number].state.name
+        except Exception:
+            raise err from None  # the storage is still out of reach: the error as it was
+        if state == "RUNNING":
+            raise
+        objective.taken_over = trial.number
+        raise TakenOver(
+            f"trial {trial.number} was failed by another worker while this one trained it: this "
+            f"worker's heartbeat went stale (host paused or lost its network); it was retried "
+            f"({type(err).__name__})"
+        ) from err
+
+
+def retry_tags(trial: optuna.Trial) -> dict[str, str]:
+    """`optuna.retry_of` (the trial this one retries), `optuna.retry_of_run` (its MLflow run)
+    and `optuna.retry_inherited_epochs` (its reported epochs, kept) for a retried trial;
+    nothing for a fresh one."""
+    if (retried := trial.user_attrs.get("retry_of")) is None:
+        return {}
+    tags = {"optuna.retry_of": str(retried)}
+    if run := trial.user_attrs.get("retry_of_run"):
+        tags["optuna.retry_of_run"] = run
+    tags["optuna.retry_inherited_epochs"] = str(trial.user_attrs.get("inherited_epochs", 0))
+    return tags
 
 
 class Interruption:
@@ -108,6 +151,7 @@ class Objective:
     parent_run_id: str
     study_name: str
     interruption: Interruption
+    taken_over: int | None = None  # a trial another process failed under this worker
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import mlflow
@@ -134,11 +178,15 @@ class Objective:
             return [*judged, self.interruption.callback()]
 
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number)}
+        tags.update(retry_tags(trial))
         name = f"{self.study_name}-{trial.number:03d}"
         # nested: in a one-worker sweep the parent run is the active run of this very process
-        with runs.tracked_run(
-            run_name=name, parent_run_id=self.parent_run_id, nested=True, tags=tags
-        ) as run:
+        with (
+            runs.tracked_run(
+                run_name=name, parent_run_id=self.parent_run_id, nested=True, tags=tags
+            ) as run,
+            taken_over(self, trial),
+        ):
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 params = self.params.with_overrides(overrides)

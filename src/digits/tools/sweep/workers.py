@@ -3,14 +3,18 @@ runs the loop itself), the loop each one runs, and the clean-up after a worker t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from digits.lib.config import Params, flatten
@@ -23,6 +27,8 @@ from digits.tools.sweep.study import (
     pruning_off_reason,
     redact,
     repair_storage,
+    retry_trial,
+    single_host,
     trial_epochs,
 )
 from digits.tools.sweep.trial import Interruption, Objective
@@ -36,8 +42,9 @@ log = logging.getLogger(__name__)
 def work(
     params: Params, opts: SweepOptions, parent_run_id: str, seed: int, deadline: float | None
 ) -> None:
-    """A worker: run trials until the study holds its target of finished trials (counting the
-    ones in flight), the deadline passes, or this worker saw `n_trials` of its trials fail."""
+    """A worker: run trials until the study holds its target of finished trials, the deadline
+    passes, or this worker saw `n_trials` of its trials fail. While the last trials run on
+    other workers it waits rather than start more, and retries any whose worker dies."""
     with Interruption().installed() as interruption:
         _work(params, opts, parent_run_id, seed, deadline, interruption)
 
@@ -69,25 +76,46 @@ def _work(
 
     while len(failures) < opts.n_trials:
         interruption.check()
-        fail_orphans(study)  # a dead worker's trial must not hold a slot of the budget
+        # a dead worker's trial must not hold a slot of the budget: failed (and retried) here
+        fail_orphans(study, single_host=single_host(opts.storage))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # the same, by heartbeat (RDB storages)
         counts = count_trials(study)
-        if counts.finished + counts.running >= opts.n_trials:
-            return
         if deadline and time.time() >= deadline:
             log.info("timeout: no new trials")
             return
-        study.optimize(
-            objective, n_trials=1, catch=(Exception,), callbacks=[note_failure], gc_after_trial=True
-        )
+        if counts.finished >= opts.n_trials:
+            return
+        if counts.finished + counts.running >= opts.n_trials:
+            # the last trials are in flight elsewhere: wait, to retry any whose worker dies
+            time.sleep(min(max(params.sweep.heartbeat, 0.5), 5))
+            continue
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[note_failure],
+                gc_after_trial=True,
+            )
+        except Exception:
+            if objective.taken_over is None:
+                raise
+            # Optuna cannot tell a trial that another worker already failed: go on, the study
+            # holds the retry
+            log.warning("trial %d was taken over; going on", objective.taken_over)
+            objective.taken_over = None
     log.error("stopping: trials %s failed; see their failure_reason in MLflow", failures)
 
 
-def fail_orphans(study: optuna.Study, dead: Iterable[str] = ()) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker process is gone: the ones in `dead`, and any
-    of this host's workers that no longer exist. Other hosts' workers are left to heartbeats."""
+def fail_orphans(
+    study: optuna.Study, dead: Iterable[str] = (), single_host: bool = False
+) -> list[int]:
+    """Mark FAIL, and queue a retry of (`retry_trial`), the RUNNING trials whose worker process
+    is gone: the ones in `dead`, and any of this host's workers that no longer exist (or that
+    ran before this host rebooted). Other hosts' workers are left to heartbeats, except with
+    `single_host` (the journal storage), where a worker on another host is gone."""
     import optuna
     from optuna.trial import TrialState
 
@@ -97,11 +125,12 @@ def fail_orphans(study: optuna.Study, dead: Iterable[str] = ()) -> list[int]:
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")
-        if worker in dead or process_gone(worker):
+        if worker in dead or process_gone(worker, single_host):
             try:
-                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
+                study.tell(trial.number, state=TrialState.FAIL)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
                 continue  # another process (a worker, the launcher) finished it first
+            retry_trial(study, trial)
             failed.append(trial.number)
     return failed
 
@@ -125,11 +154,15 @@ def worker_command(opts: SweepOptions, parent: str, seed: int, deadline: float |
 
 
 def run_workers(
-    commands: list[list[str]], storage: str, on_exit: Callable[[str, int], None]
+    commands: list[list[str]],
+    storage: str,
+    on_exit: Callable[[str, int], None],
+    beat: Callable[[], None] = lambda: None,
 ) -> dict[str, int]:
     """Start the workers and wait for them, calling `on_exit(worker id, exit code)` as each one
-    ends (at once, so a killed worker's trial is freed while the others work on); Ctrl-C or
-    SIGTERM is passed on to each as SIGINT. Returns {worker id: exit code}."""
+    ends (at once, so a killed worker's trial is freed while the others work on) and `beat()`
+    every half second; Ctrl-C or SIGTERM is passed on to each as SIGINT. Returns {worker id:
+    exit code}."""
     from digits.lib.tracking.runs import process_id
 
     env = {**os.environ, "OPTUNA_STORAGE": storage}  # not in argv: it may hold a password
@@ -143,6 +176,7 @@ def run_workers(
                 if worker not in codes and (code := proc.poll()) is not None:
                     codes[worker] = code
                     on_exit(worker, code)
+            beat()
             time.sleep(0.5)
     except BaseException:
         for proc in procs.values():
@@ -157,6 +191,25 @@ def run_workers(
     return codes
 
 
+@contextlib.contextmanager
+def beating(beat: Callable[[], None], interval: float) -> Iterator[None]:
+    """Call `beat` every `interval` seconds from a thread while inside: the trials of a
+    one-worker sweep hold this process's main thread."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            beat()
+
+    thread = threading.Thread(target=loop, name="sweep-keep-alive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
     """Run the sweep; returns its summary (also in `opts.out` and the parent MLflow run)."""
     import mlflow
@@ -166,8 +219,9 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
     assert params.sweep is not None
     repair_storage(opts.storage)
     study = open_study(params, opts.storage, opts.study, params.sweep.seed)
-    if failed := fail_orphans(study):
-        log.info("trials %s were left RUNNING by dead workers: marked FAIL", failed)
+    alone = single_host(opts.storage)
+    if failed := fail_orphans(study, single_host=alone):
+        log.info("trials %s were left RUNNING by dead workers: marked FAIL, retried", failed)
     epochs = trial_epochs(params) * params.sweep.repeats  # a trial's whole budget: every seed
     if reason := pruning_off_reason(params.sweep):
         log.warning("%s", reason)
@@ -207,29 +261,49 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
                 "sweep.workers": opts.workers,
             }
         )
-        base_seed = params.sweep.seed + len(study.trials)  # a resumed sweep samples anew
+        # a resumed sweep samples anew, and so does each host that joins the study at once
+        host = zlib.crc32(socket.gethostname().encode()) % 100_000
+        base_seed = (params.sweep.seed + len(study.trials) + host) % 2**32
         deadline = time.time() + opts.timeout if opts.timeout else None
         commands = [
-            worker_command(opts, parent.info.run_id, base_seed + i, deadline)
+            worker_command(opts, parent.info.run_id, (base_seed + i) % 2**32, deadline)
             for i in range(opts.workers)
         ]
 
         def on_exit(worker: str, code: int) -> None:
-            if code and (failed := fail_orphans(study, {worker})):
+            if code and (failed := fail_orphans(study, {worker}, alone)):
                 log.warning(
-                    "worker %s exited with %d: its trials %s marked FAIL", worker, code, failed
+                    "worker %s exited with %d: its trials %s marked FAIL, retried",
+                    worker,
+                    code,
+                    failed,
                 )
 
+        # other hosts' sweeps end this parent run FAILED if this host dies or is cut off
+        grace = 3 * params.sweep.heartbeat
+        next_beat = 0.0
+
+        def beat() -> None:
+            nonlocal next_beat
+            if time.monotonic() >= next_beat:
+                try:
+                    runs.keep_alive(parent.info.run_id, grace)
+                    next_beat = time.monotonic() + params.sweep.heartbeat
+                except Exception as err:  # an unreachable server must not stop the workers
+                    log.warning("could not renew run %s: %s", parent.info.run_id, err)
+
         try:
+            beat()
             if opts.workers == 1:  # in this process: one TensorFlow start-up fewer
-                work(params, opts, parent.info.run_id, base_seed, deadline)
+                with beating(beat, params.sweep.heartbeat):
+                    work(params, opts, parent.info.run_id, base_seed, deadline)
                 codes = {}
             else:
-                codes = run_workers(commands, opts.storage, on_exit)
+                codes = run_workers(commands, opts.storage, on_exit, beat)
         finally:
             study = open_study(params, opts.storage, opts.study, params.sweep.seed)
-            if failed := fail_orphans(study):
-                log.warning("trials %s lost their worker: marked FAIL", failed)
+            if failed := fail_orphans(study, single_host=alone):
+                log.warning("trials %s lost their worker: marked FAIL, retried", failed)
             runs.close_dead_runs(experiment_id, orphans=orphan_runs(study))
         if bad := {w: c for w, c in codes.items() if c}:
             log.warning("workers exited abnormally: %s", bad)
