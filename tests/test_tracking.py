@@ -101,3 +101,21 @@ def test_sigterm_during_training_ends_killed(
     run = only_run(client)
     assert run.info.status == "KILLED"
     assert not (tmp_path / "m/model.keras").exists()
+
+
+def test_setup_when_another_process_creates_the_experiment_first(store, tmp_path: Path) -> None:
+    """Two sweep hosts starting at once both find no experiment; the one whose create comes
+    second uses the other's (seen with two hosts on one MLflow server)."""
+    import mlflow
+
+    real = mlflow.get_experiment_by_name
+    looks: list[str] = []
+
+    def before_the_other(name: str):  # the first look comes before the other host's create
+        looks.append(name)
+        return None if len(looks) == 1 else real(name)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mlflow, "get_experiment_by_name", before_the_other)
+        experiment_id = runs.setup(MLflowConfig(), tmp_path)
+    assert len(looks) == 2 and experiment_id == real("mnist").experiment_id

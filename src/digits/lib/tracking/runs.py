@@ -83,16 +83,23 @@ def setup(cfg: MLflowConfig, root: Path) -> str:
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
+    if experiment is None:
         local = urlparse(uri).scheme not in REMOTE_SCHEMES
         location = (root / cfg.artifact_location).resolve().as_uri() if local else None
-        experiment_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
-    if (
-        experiment is None or EXPERIMENT_KIND not in experiment.tags
-    ):  # a choice made in the UI stays
-        mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        # another process (a second sweep host) may create it in the same instant
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            mlflow.create_experiment(cfg.experiment, artifact_location=location)
+        experiment = mlflow.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            raise TrackingError(f"could not create MLflow experiment {cfg.experiment!r}")
+    experiment_id = experiment.experiment_id
+    if EXPERIMENT_KIND not in experiment.tags:  # a choice made in the UI stays
+        try:
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        except mlflow.exceptions.MlflowException:
+            # a tag is an INSERT on a database store: a racing process's insert won first
+            if EXPERIMENT_KIND not in mlflow.get_experiment(experiment_id).tags:
+                raise
     mlflow.set_experiment(experiment_id=experiment_id)
     close_dead_runs(experiment_id)
     return experiment_id
