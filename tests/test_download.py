@@ -136,10 +136,16 @@ def faulty_mirror(mirror) -> Iterator[str]:
 
 
 def test_every_http_fault_falls_through_to_the_next_mirror(
-    tmp_path: Path, small_params, mirror, faulty_mirror: str
+    tmp_path: Path, small_params, mirror, faulty_mirror: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """500 (retried with back-off), timeout, truncated body and an HTML page are each skipped;
     the files come from the good mirror and nothing else is left in the output folder."""
+    import types
+
+    import pooch.core
+
+    waits: list[float] = []  # pooch's back-off is recorded, not slept (16 of 20 s of this test)
+    monkeypatch.setattr(pooch.core, "time", types.SimpleNamespace(sleep=waits.append))
     _, hashes = mirror
     bad = [f"{faulty_mirror}/{fault}/" for fault in ("e500", "slow", "cut", "html")]
     small_params["download"].update(retries=1, timeout=0.5)  # /slow/ answers after 3 s
@@ -148,6 +154,9 @@ def test_every_http_fault_falls_through_to_the_next_mirror(
     download(cfg, out, env={})
     assert sorted(p.name for p in out.iterdir()) == sorted(hashes)
     assert FaultyMirror.hits["e500"] == 2 * len(hashes), "one retry per file"
+    # a back-off before each retry of a request error (500, timeout, cut); a wrong page is
+    # refused by the hash check, which is not pooch's and not retried
+    assert waits == [1] * 3 * len(hashes)
     assert FaultyMirror.hits["ok"] == len(hashes)
 
 
