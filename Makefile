@@ -36,13 +36,13 @@ push: setup ## Upload data and models to the DVC remote (default: ../digits-dvc-
 pull: setup ## Fetch data and models from the DVC remote into the workspace
 	dvc pull
 
-test: setup ## Run the test suite on every core (synthetic data, no network; ~5.5 min on 2 cores)
+test: setup ## Run the test suite on every core (synthetic data, no network; under 3 min on 2 cores)
 	pytest -n auto --dist loadgroup --durations=15
 
 test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIST_MIRROR)
 	pytest -m ''
 
-test-integration: setup ## Whole multi-process scenarios: clones + DVC remote, sshd, resume, real sweeps, full disks
+test-integration: setup ## Kills, signals, servers, two workers, two hosts (netns), clones + DVC remote, sshd, full disks
 	pytest -m integration -n auto --dist loadgroup --durations=10
 
 test-browser: setup ## The MLflow UI in Debian's Chromium via Playwright (apt-get install chromium)

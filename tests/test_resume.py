@@ -194,8 +194,8 @@ def test_torn_or_garbage_checkpoint_is_not_resumed(tmp_path: Path, caplog) -> No
 
 
 def test_resume_off_or_numpy_model_takes_no_checkpoint(tmp_path: Path, small_params) -> None:
+    from digits.lib.checkpoint import resumable
     from digits.lib.config import parse_params
-    from digits.stages.train import resumable
 
     params = parse_params(small_params)
     assert resumable(params, "d", tmp_path / "c.npz") is not None

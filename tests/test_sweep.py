@@ -242,8 +242,21 @@ def start_slow_sweep(project: Path, data: Path, **popen: Any) -> tuple[subproces
 
 
 @pytest.mark.integration  # kill -9 of a worker process: `make test-integration`
-def test_killed_worker_trial_ends_fail_and_the_others_go_on(project: Path, processed: Path) -> None:
+def test_killed_worker_trial_is_retried_and_resumed_in_its_run(
+    project: Path, processed: Path, store_template: Path
+) -> None:
+    """kill -9 of a worker after epoch k of its trial: the trial ends FAIL, the other worker
+    retries it from the checkpoint, at epoch k+1, in the dead attempt's MLflow run (reopened),
+    and trains exactly what an uninterrupted fit trains; the other trials go on."""
+    from digits.lib.config import load_params
+    from digits.lib.data import load_splits
+    from digits.lib.training import fit_logged
+
     proc, victim = start_slow_sweep(project, processed)
+    deadline = time.time() + 120
+    while len(victim.intermediate_values) < 2 and time.time() < deadline:
+        time.sleep(0.2)  # after epoch 2 at least: a checkpoint to resume from
+        victim = load(project).trials[victim.number]
     os.kill(ProcessName.parse(victim.user_attrs["worker"]).pid, signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
@@ -252,11 +265,32 @@ def test_killed_worker_trial_ends_fail_and_the_others_go_on(project: Path, proce
     assert count_trials(study).finished >= 3, output
     numbers = [t.number for t in study.trials]
     assert numbers == list(range(len(numbers))), "no trial counted twice"
-    run = client(project).get_run(victim.user_attrs["mlflow_run_id"])
-    assert run.info.status == "FAILED"
-    assert f"trial {victim.number} failed: its worker" in run.data.tags["failure_reason"]
     (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
     assert retry.params == victim.params, "retried by the surviving worker"
+    assert retry.state.name in FINISHED, output
+    resumed = retry.user_attrs["resumed_after_epoch"]
+    assert resumed >= 2, "resumed after the epochs the checkpoint holds"
+    assert retry.user_attrs["mlflow_run_id"] == victim.user_attrs["mlflow_run_id"]
+    run = client(project).get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+    assert run.data.tags["resumed_after_epochs"] == str(resumed)
+    assert run.data.tags["optuna.trial"] == str(retry.number)
+    history = client(project).get_metric_history(run.info.run_id, "val/accuracy")
+    steps = sorted(m.step for m in history)
+    assert steps == list(range(1, len(steps) + 1)), "no epoch missing or logged twice"
+    assert not list((project / "sweeps/checkpoints").rglob("*.npz")), "checkpoints removed"
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{fresh_store(project / 'check', store_template)}")
+    mlflow.set_experiment("check")
+    params = load_params(project / "params.yaml").with_overrides(retry.user_attrs["overrides"])
+    splits = load_splits(processed, ("train", "val"))
+    with mlflow.start_run():
+        _, whole, _ = fit_logged(params, splits["train"], splits["val"], verbose=0)
+    by_step = {m.step: m.value for m in history}
+    uninterrupted = whole["val/accuracy"].tolist()[: len(steps)]
+    assert [by_step[step] for step in steps] == pytest.approx(uninterrupted, abs=1e-6)
 
 
 @pytest.mark.integration  # Ctrl-C to a process group of workers: `make test-integration`

@@ -230,3 +230,51 @@ class Checkpointer:
 def _plain(value: Any) -> Any:
     """A JSON-able float (early stopping's best value may be a NumPy scalar)."""
     return None if value is None else float(value)
+
+
+def resumable(params: Params, digest: str, path: Path | None) -> Checkpointer | None:
+    """The checkpointer for this run (None when resuming is off or the model is the NumPy one),
+    holding the saved state it resumes from if there is a usable one whose MLflow run exists."""
+    if path is None or not params.train.resume or params.model.type == "numpy_mlp":
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    wanted = identity(params, digest)
+    checkpointer = Checkpointer(path, wanted)
+    start = load(path, wanted)
+    if start is not None:
+        try:
+            mlflow.MlflowClient().get_run(start.run_id)
+        except MlflowException:
+            log.warning("checkpoint %s: its MLflow run %s is not in this store: afresh", path,
+                        start.run_id)  # fmt: skip
+            start = None
+    if start is not None:
+        log.info("resuming run %s after epoch %d (checkpoint %s)", start.run_id, start.epoch, path)
+    checkpointer.start = start
+    return checkpointer
+
+
+def reopened(run_id: str, start: State) -> None:
+    """Make the reopened run tell the truth: not failed, resumed after which epoch, and every
+    saved epoch in its metric history exactly once (the dead process's last queued metrics
+    may never have been written)."""
+    import mlflow
+
+    from digits.lib.vocab import KERAS_TO_METRIC
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if "failure_reason" in run.data.tags:
+        client.delete_tag(run_id, "failure_reason")
+    resumes = run.data.tags.get("resumed_after_epochs")
+    mlflow.set_tag("resumed_after_epochs", f"{resumes},{start.epoch}" if resumes else start.epoch)
+    for name, values in start.history.items():
+        metric = KERAS_TO_METRIC.get(name)
+        if metric is None:
+            continue
+        logged = {m.step for m in client.get_metric_history(run_id, metric)}
+        missing = {step: v for step, v in enumerate(values, 1) if step not in logged}
+        for step, value in missing.items():
+            mlflow.log_metric(metric, value, step=step)

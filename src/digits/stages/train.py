@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from digits.lib import checkpoint
-from digits.lib.checkpoint import Checkpointer
 from digits.lib.cli import stage_main
 from digits.lib.config import (
     ModelConfig,
@@ -30,7 +29,6 @@ from digits.lib.config import (
 )
 from digits.lib.data import Split, file_digest, load_splits
 from digits.lib.files import atomic_path, project_root, write_json, write_text
-from digits.lib.vocab import KERAS_TO_METRIC
 
 if TYPE_CHECKING:
     import keras
@@ -81,7 +79,7 @@ def train(
     from digits.lib.training import fit_logged
 
     digest = file_digest(data_path / "train.npz", data_path / "val.npz")
-    checkpointer = resumable(params, digest, checkpoint_path)
+    checkpointer = checkpoint.resumable(params, digest, checkpoint_path)
     start = checkpointer.start if checkpointer else None
     run_id = start.run_id if start else None
     # system metrics (CPU, memory) every 10 s by MLflow's monitor thread; needs psutil
@@ -91,7 +89,7 @@ def train(
         if checkpointer is not None:
             checkpointer.run_id = run.info.run_id
         if start is not None:
-            reopened(run.info.run_id, start)
+            checkpoint.reopened(run.info.run_id, start)
         else:
             mlflow.set_tags(runs.context_tags(root, digest))
             runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
@@ -116,52 +114,6 @@ def write_outputs(result: TrainResult, outputs: Outputs, experiment_id: str | No
         outputs.run_info,
         {"run_id": result.run_id, "experiment_id": experiment_id, "model_uri": result.model_uri},
     )
-
-
-def resumable(params: Params, digest: str, path: Path | None) -> Checkpointer | None:
-    """The checkpointer for this run (None when resuming is off or the model is the NumPy one),
-    holding the saved state it resumes from if there is a usable one whose MLflow run exists."""
-    if path is None or not params.train.resume or params.model.type == "numpy_mlp":
-        return None
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    wanted = checkpoint.identity(params, digest)
-    checkpointer = checkpoint.Checkpointer(path, wanted)
-    start = checkpoint.load(path, wanted)
-    if start is not None:
-        try:
-            mlflow.MlflowClient().get_run(start.run_id)
-        except MlflowException:
-            log.warning("checkpoint %s: its MLflow run %s is not in this store: afresh", path,
-                        start.run_id)  # fmt: skip
-            start = None
-    if start is not None:
-        log.info("resuming run %s after epoch %d (checkpoint %s)", start.run_id, start.epoch, path)
-    checkpointer.start = start
-    return checkpointer
-
-
-def reopened(run_id: str, start: checkpoint.State) -> None:
-    """Make the reopened run tell the truth: not failed, resumed after which epoch, and every
-    saved epoch in its metric history exactly once (the dead process's last queued metrics
-    may never have been written)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    run = client.get_run(run_id)
-    if "failure_reason" in run.data.tags:
-        client.delete_tag(run_id, "failure_reason")
-    resumes = run.data.tags.get("resumed_after_epochs")
-    mlflow.set_tag("resumed_after_epochs", f"{resumes},{start.epoch}" if resumes else start.epoch)
-    for name, values in start.history.items():
-        metric = KERAS_TO_METRIC.get(name)
-        if metric is None:
-            continue
-        logged = {m.step for m in client.get_metric_history(run_id, metric)}
-        missing = {step: v for step, v in enumerate(values, 1) if step not in logged}
-        for step, value in missing.items():
-            mlflow.log_metric(metric, value, step=step)
 
 
 def physical_memory() -> int:

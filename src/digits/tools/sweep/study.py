@@ -31,6 +31,7 @@ ATTEMPT_ATTRS = (
     "retry_of",
     "retry_of_run",
     "inherited_epochs",
+    "resumed_after_epoch",
 )
 
 

@@ -9,6 +9,7 @@ import statistics
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digits import PipelineError
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     import keras
     import optuna
 
+    from digits.lib.checkpoint import Checkpointer
     from digits.lib.data import Split
 
 
@@ -152,12 +154,27 @@ class Objective:
     study_name: str
     interruption: Interruption
     taken_over: int | None = None  # a trial another process failed under this worker
+    # where each trial saves its state after every epoch, so a retry of a trial whose worker
+    # died on this machine resumes it (None: never); and the train/val data's digest
+    checkpoints: Path | None = None
+    data_digest: str = ""
+
+    def checkpointer(self, trial: optuna.Trial, params: Params) -> Checkpointer | None:
+        """The trial's checkpointer: a retry reads the one of the first attempt it retries."""
+        from digits.lib.checkpoint import resumable
+
+        if self.checkpoints is None or self.params.sweep.repeats > 1:  # type: ignore[union-attr]
+            return None  # several seeds per trial: not resumed (a retry starts again)
+        first = trial.user_attrs.get("first_attempt", trial.number)  # retries inherit it
+        trial.set_user_attr("first_attempt", first)
+        return resumable(params, self.data_digest, self.checkpoints / f"trial-{first}.npz")
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import mlflow
         import optuna
 
-        from digits.lib.config import run_params
+        from digits.lib.checkpoint import remove, reopened
+        from digits.lib.config import ParamsError, run_params
         from digits.lib.tracking import runs
         from digits.lib.tracking.seeds import fit_seeds, log_spread
         from digits.lib.training import fit_logged
@@ -180,19 +197,36 @@ class Objective:
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number)}
         tags.update(retry_tags(trial))
         name = f"{self.study_name}-{trial.number:03d}"
+        try:
+            params, invalid = self.params.with_overrides(overrides), None
+        except ParamsError as err:  # raised inside the run below, so that its run says why
+            params, invalid = self.params, err
+        saver = self.checkpointer(trial, params) if invalid is None else None
+        start = saver.start if saver else None
         # nested: in a one-worker sweep the parent run is the active run of this very process
         with (
             runs.tracked_run(
-                run_name=name, parent_run_id=self.parent_run_id, nested=True, tags=tags
+                run_name=name,
+                parent_run_id=self.parent_run_id,
+                nested=True,
+                run_id=start.run_id if start else None,  # the dead attempt's run, reopened
+                tags=tags,
             ) as run,
             taken_over(self, trial),
         ):
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
-                params = self.params.with_overrides(overrides)
+                if invalid is not None:
+                    raise invalid
+                if saver is not None:
+                    saver.run_id = run.info.run_id
+                if start is not None:
+                    reopened(run.info.run_id, start)
+                    mlflow.set_tags(tags)  # this attempt's trial number and retry tags
+                    trial.set_user_attr("resumed_after_epoch", start.epoch)
                 if sweep.repeats == 1:
                     model, _, summary = fit_logged(
-                        params, self.train, self.val, callbacks(0), verbose=0
+                        params, self.train, self.val, callbacks(0), verbose=0, checkpoint=saver
                     )
                     rows = [{**summary, "model.n_params": model.count_params()}]
                 else:
@@ -210,6 +244,9 @@ class Objective:
             except BaseException:
                 mlflow.set_tag("optuna.state", "FAIL")
                 raise
+            finally:
+                if saver is not None:  # a killed process never gets here: its state stays
+                    remove(saver.path)
             pruned = pruning.pruned_epoch if pruning else None
             trial.set_user_attr("epochs", int(sum(r["train/epochs"] for r in rows)))
             trial.set_user_attr("scores", scores(rows))

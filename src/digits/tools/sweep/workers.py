@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
+CHECKPOINTS = "sweeps/checkpoints"  # per study, one file per trial in flight (git-ignored)
 
 
 def work(
@@ -59,7 +60,7 @@ def _work(
 ) -> None:
     import optuna
 
-    from digits.lib.data import load_splits
+    from digits.lib.data import file_digest, load_splits
     from digits.lib.tracking import runs
 
     study = open_study(params, opts.storage, opts.study, seed)
@@ -68,6 +69,9 @@ def _work(
     objective = Objective(
         params, splits["train"], splits["val"], parent_run_id, opts.study, interruption
     )
+    # next to the journal: on this machine, where a retry of a trial killed here finds it
+    objective.checkpoints = project_root(opts.params_path) / CHECKPOINTS / opts.study
+    objective.data_digest = file_digest(opts.data / "train.npz", opts.data / "val.npz")
     failures: list[int] = []
 
     def note_failure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
