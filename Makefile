@@ -12,7 +12,7 @@ SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
 ARTIFACTS ?= server-artifacts
 SERVER_WORKERS ?= 1
 
-.PHONY: help setup repro push pull test test-all test-integration test-browser lint format ui server repeat sweep promote dashboard ladder bench predict clean
+.PHONY: help setup repro push pull test test-all test-integration test-browser test-hosts lint format ui server repeat sweep promote dashboard ladder bench predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -44,6 +44,9 @@ test-all: setup ## Also the slow tests: accuracy targets on real MNIST (set MNIS
 
 test-integration: setup ## Kills, signals, servers, two workers, two hosts (netns), clones + DVC remote, sshd, full disks
 	pytest -m integration -n auto --dist loadgroup --durations=10
+
+test-hosts: setup ## Sweep workers on two hosts (network namespaces, root); restarts PostgreSQL twice
+	pytest -m hosts --durations=5
 
 test-browser: setup ## The MLflow UI in Debian's Chromium via Playwright (apt-get install chromium)
 	pytest -m browser --durations=5

@@ -27,7 +27,8 @@ from digits.tools import hosts
 
 from conftest import drop_database, postgres_database, stage_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("multihost")]
+# its own target: it restarts PostgreSQL, which the integration tests beside it are using
+pytestmark = pytest.mark.hosts
 
 HEARTBEAT = 3  # seconds: a trial is stale after 2 of them, a launcher's run after 3
 EPOCHS = 40  # synthetic data trains an epoch in a fraction of a second: long enough to kill
