@@ -203,9 +203,12 @@ def check_retried_and_finished(run: Sweep, victim: Any, survivor: hosts.Host) ->
     assert retry.state.name == "COMPLETE"
     assert retry.user_attrs["worker"].startswith(f"{survivor.name}:"), "retried elsewhere"
     assert retry.params == victim.params
+    # a report sent just before the host was lost may land after the retry was queued (Optuna
+    # checks the trial's state, then writes): the retry keeps what it saw, a prefix
     kept = study.trials[victim.number].intermediate_values
-    assert len(kept) >= 2 and retry.user_attrs["inherited_epochs"] == len(kept)
-    assert {step: retry.intermediate_values[step] for step in kept} == kept, "epochs kept"
+    inherited = range(1, retry.user_attrs["inherited_epochs"] + 1)
+    assert len(inherited) >= 2 and set(inherited) <= set(kept)
+    assert [retry.intermediate_values[s] for s in inherited] == [kept[s] for s in inherited]
     assert len(retry.intermediate_values) == EPOCHS
 
     client = run.client()
@@ -240,9 +243,18 @@ def test_a_host_killed_mid_trial_is_retried_by_the_other(sweep: Sweep) -> None:
     assert retry.user_attrs.get("worker", survivor.name).startswith(survivor.name)
     code = sweep.procs[survivor.name].wait(timeout=600)
     assert code == 0, sweep.log(survivor)
-    check_retried_and_finished(sweep, victim, survivor)
+    # the survivor's launcher ends the dead launcher's parent run if it finishes after that run's
+    # grace (3 heartbeats past its last renewal); else the next sweep process to look does
+    time.sleep(3 * HEARTBEAT + 1)
+    import mlflow
+
+    from digits.lib.tracking.runs import close_dead_runs
+
     client = sweep.client()
     experiment = client.get_experiment_by_name(sweep.experiment)
+    mlflow.set_tracking_uri(sweep.server)
+    close_dead_runs(experiment.experiment_id)
+    check_retried_and_finished(sweep, victim, survivor)
     parents = [
         r
         for r in client.search_runs([experiment.experiment_id])
@@ -250,7 +262,7 @@ def test_a_host_killed_mid_trial_is_retried_by_the_other(sweep: Sweep) -> None:
     ]
     lost_parent = [p for p in parents if p.data.tags["process"].startswith(f"{lost.name}:")]
     (lost_parent,) = lost_parent
-    assert lost_parent.info.status == "FAILED", "closed by the surviving host's launcher"
+    assert lost_parent.info.status == "FAILED", "closed once its launcher stopped renewing it"
     assert "stopped beating" in lost_parent.data.tags["failure_reason"]
 
 

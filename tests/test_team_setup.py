@@ -5,16 +5,14 @@ points MLFLOW_TRACKING_URI at the server and OPTUNA_STORAGE at PostgreSQL and ru
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
+
+from digits.tools.server import serving
 
 from conftest import (
     GIT_IDENTITY,
@@ -35,33 +33,13 @@ pytestmark = pytest.mark.integration
 def make_server(project: Path, database: str, artifacts: Path) -> Iterator[str]:
     """`make server SERVER_DB=... PORT=... ARTIFACTS=...` until the block ends; yields its URL."""
     port = free_port()
-    log = project / f"server-{port}.log"
     cmd = make_command("server", f"SERVER_DB={database}", f"PORT={port}", f"ARTIFACTS={artifacts}")
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            cmd, cwd=project, env=stage_env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # make, python then mlflow and its workers: one group
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "make server did not start: " + log.read_text()
-            time.sleep(0.5)
+    # make, python, then mlflow and its workers: one process group, stopped together
+    log = project / f"server-{port}.log"
+    with serving(
+        cmd, f"http://127.0.0.1:{port}", log, timeout=300, cwd=project, env=stage_env()
+    ) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def createdb(name: str) -> None:

@@ -6,15 +6,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
+
+from digits.tools.server import serving
 
 from conftest import drop_database, free_port, postgres_database, real_params, shrink
 
@@ -28,24 +28,10 @@ def tracking_server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--backend-store-uri", database, "--artifacts-destination", str(tmp_path / "art")]
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.time() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-        yield url
+        with serving(cmd, f"http://127.0.0.1:{port}", tmp_path / "server.log") as url:
+            yield url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         drop_database(database)
 
 

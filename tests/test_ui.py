@@ -10,17 +10,15 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+
+from digits.tools.server import serving
 
 from conftest import free_port, real_params, shrink, stage_env
 
@@ -102,30 +100,9 @@ def ui(filled: Path) -> Iterator[str]:
     port = free_port()
     cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{filled / 'mlflow.db'}"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = (filled / "ui.log").open("w")
-    # its own process group: `mlflow ui` runs the server in child processes
-    server = subprocess.Popen(cmd, env=stage_env(), stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert server.poll() is None, (filled / "ui.log").read_text()
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.time() < deadline, "mlflow ui did not come up in 240 s"
-                time.sleep(1)
+    # its own process group (`serving`): `mlflow ui` runs the server in child processes
+    with serving(cmd, f"http://127.0.0.1:{port}", filled / "ui.log", env=stage_env()) as base:
         yield base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

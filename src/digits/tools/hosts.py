@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
+from digits.tools.server import serving
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -187,33 +187,7 @@ def tracking_server(
     cmd = [sys.executable, "-m", "digits.tools.server", "--backend-store-uri", database]
     cmd += ["--host", net.server, "--port", str(port)]
     cmd += ["--artifacts-destination", str(folder / "artifacts")]
-    log = folder / "server.log"
     folder.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            ["nice", "-n", "19", *cmd],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://{net.server}:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start: " + log.read_text()[-3000:])
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+    with serving(["nice", "-n", "19", *cmd], url, folder / "server.log", env=env) as answering:
+        yield answering

@@ -10,11 +10,16 @@ The database is checked first, so a missing driver or a server that does not ans
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from digits import PipelineError
 from digits.lib.cli import stage_main
@@ -33,6 +38,39 @@ def server_command(args: argparse.Namespace) -> list[str]:
         "--port", str(args.port),
         "--workers", str(args.workers),
     ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], url: str, log: Path, *, timeout: float = 240, **popen: Any
+) -> Iterator[str]:
+    """Run a server `command` (output into `log`) in a process group of its own, as MLflow's
+    servers start workers of their own; yield `url` once its `/health` answers, and stop the
+    whole group when the block ends (SIGTERM, then SIGKILL after 30 s)."""
+    import requests
+
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                state = f"exited {server.returncode}" if server.poll() is not None else "no answer"
+                raise RuntimeError(f"{url}: {state}; its log:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 @stage_main
