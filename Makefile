@@ -80,10 +80,10 @@ repeat: setup ## Train K seeds of params.yaml's configuration, each evaluated (K
 # never on a command line, which make echoes and `ps` shows
 STORAGE_ENV = $(if $(STORAGE),OPTUNA_STORAGE="$$STORAGE")
 SWEEP_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS)) \
-  $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STUDY),--study $(STUDY))
-STUDY_ARGS = $(if $(STUDY),--study $(STUDY))
+  $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STUDY),--study $(STUDY)) $(if $(SPACE),--space $(SPACE))
+STUDY_ARGS = $(if $(STUDY),--study $(STUDY)) $(if $(SPACE),--space $(SPACE))
 
-sweep: setup ## Optuna sweep (N_TRIALS= TIMEOUT= WORKERS= STUDY= STORAGE=); resumes a study
+sweep: setup ## Optuna sweep (N_TRIALS= TIMEOUT= WORKERS= STUDY= STORAGE= SPACE=cnn); resumes a study
 	dvc repro preprocess
 	$(STORAGE_ENV) python -m digits.tools.sweep run $(SWEEP_ARGS)
 

@@ -110,7 +110,9 @@ def shrink(raw: dict[str, Any], hashes: dict[str, str], mirrors: list[str]) -> d
         sweep["fixed"]["train.epochs"] = 2
         sweep["space"]["model.mlp.depth"] = {"low": 1, "high": 2}
         sweep["space"]["model.mlp.width"] = {"choices": [16, 32]}
-        sweep.update(n_trials=4, startup_trials=1, warmup_epochs=1)
+        # plain momentum SGD at a tiny rate: a trial the tests know the pruner stops
+        sweep["space"]["train.optimizer"] = {"choices": ["adam", "rmsprop", "momentum"]}
+        sweep.update(n_trials=4, startup_trials=1, warmup_epochs=1, workers=1, pruner="median")
     return raw
 
 

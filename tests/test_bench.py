@@ -95,3 +95,19 @@ def test_the_overhead_section_splits_fixed_costs_from_the_fit() -> None:
     assert "stage 10.50 s (runs: 10.00, 11.00), bare 5.00 s (runs: 4.00, 6.00)" in text
     assert "median 105.0 s in the stage, 105.0 s bare (ratio 1.000)" in text
     assert "No-op `dvc repro` (nothing changed): not timed." in text
+
+
+def test_flops_of_the_keras_example_cnn() -> None:
+    """keras-io's mnist_convnet, built by our builder: 2.44 million multiply-adds an image."""
+    pytest.importorskip("keras")
+    raw = real_params()
+    raw["model"]["type"] = "cnn"
+    raw["model"]["cnn"].update(filters=[32, 64], kernel_size=3, padding="valid", dense=0)
+    from digits.lib.models import build_model
+
+    params = parse_params(raw)
+    macs = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 5 * 5 * 64 * 10
+    assert bench.forward_flops(build_model(params.model)) == 2 * macs
+    flops = bench.run_flops(params, n_train=100, n_val=10, epochs=2)
+    assert flops["train_mflop_per_image"] == pytest.approx(3 * 2 * macs / 1e6)
+    assert flops["run_tflop"] == pytest.approx(2 * (100 * 6 * macs + 10 * 2 * macs) / 1e12)

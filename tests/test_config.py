@@ -194,3 +194,34 @@ def test_download_sizes_default_to_real_mnist_and_params_yaml() -> None:
     assert params.download.sizes == MNIST_SIZES
     assert params.download.size_margin == DownloadConfig.model_fields["size_margin"].default
     assert params.predict == PredictConfig()  # the schema's defaults are params.yaml's
+
+
+def test_speed_options_are_checked() -> None:
+    raw = real_params()
+    raw["model"]["cnn"]["padding"] = "full"
+    raw["model"]["augment"]["crop"] = -1
+    raw["train"].update(beta_1=1.0, label_smoothing=1.5)
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert "model.cnn.padding: Input should be 'same' or 'valid' (got 'full')" in message
+    assert "model.augment.crop" in message
+    assert "train.beta_1" in message and "train.label_smoothing" in message
+    # rules across keys, checked once every key is valid on its own
+    raw = real_params()
+    raw["model"]["cnn"].update(filters=[8, 16], kernel_size=[5])
+    raw["train"].update(lr_schedule="constant", warmup=0.2)
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert "kernel_size lists 1 sizes but filters has 2 blocks" in str(err.value)
+    assert "warmup 0.2 needs lr_schedule: cosine" in str(err.value)
+
+
+def test_valid_padding_that_shrinks_the_image_to_nothing_is_refused() -> None:
+    raw = real_params()
+    raw["model"].update(type="cnn")
+    raw["model"]["cnn"].update(filters=[8, 8, 8], kernel_size=7, padding="valid")
+    with pytest.raises(ParamsError, match="shrink to nothing by block 3.*padding: same"):
+        parse_params(raw)
+    raw["model"]["cnn"]["padding"] = "same"
+    parse_params(raw)

@@ -18,6 +18,7 @@ from digits.lib.models import (  # noqa: E402
     STEPS_PER_EXECUTION,
     build_model,
     compile_model,
+    learning_rate,
     make_optimizer,
 )
 from digits.lib.training import fit  # noqa: E402
@@ -206,6 +207,15 @@ def test_nan_loss_stops_training_with_a_clear_error() -> None:
             "cnn.dense": 0,
         },
         {"type": "cnn", "cnn.filters": [16, 32], "cnn.dense": 7, "augment.rotation": 5},
+        {
+            "type": "cnn",
+            "cnn.filters": [24, 32],
+            "cnn.kernel_size": [5, 3],
+            "cnn.padding": "valid",
+            "cnn.pool_first": True,
+            "cnn.convs_per_block": 2,
+            "cnn.dense": 256,
+        },
     ],
 )
 def test_parameter_estimate_is_exact(model: dict) -> None:
@@ -214,3 +224,65 @@ def test_parameter_estimate_is_exact(model: dict) -> None:
 
     params = params_with(model=model)
     assert estimate_params(params.model) == build_model(params.model).count_params()
+
+
+def test_speed_options_build_the_fast_cnn_and_learn() -> None:
+    """Issue 15's options: per-block kernels, valid padding, pooling before the activation,
+    pad-and-crop translation, Adam's betas, warm-up then cosine (one-cycle), label smoothing."""
+    images, labels = synthetic_digits(400, seed=5)
+    train = Split(to_features(images[:300]), one_hot(labels[:300]), np.arange(300))
+    val = Split(to_features(images[300:]), one_hot(labels[300:]), np.arange(300, 400))
+    params = params_with(
+        model={
+            "type": "cnn",
+            "cnn.filters": [8, 16],
+            "cnn.kernel_size": [5, 3],
+            "cnn.padding": "valid",
+            "cnn.pool_first": True,
+            "cnn.dense": 32,
+            "cnn.dropout": 0.0,
+            "augment.crop": 2,
+        },
+        train={
+            "epochs": 4,
+            "batch_size": 32,
+            "learning_rate": 0.01,
+            "beta_1": 0.7,
+            "beta_2": 0.9,
+            "warmup": 0.25,
+            "label_smoothing": 0.1,
+        },
+    )
+    model, history = fit(params.model, params.train, train, val)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.kernel_size for c in convs] == [(5, 5), (3, 3)]
+    # valid: 28 -5+1 = 24, pool 12, -3+1 = 10, pool 5
+    assert convs[1].output.shape[1:] == (10, 10, 16)
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names.index("MaxPooling2D") < names.index("Activation")  # pooled, then ReLU
+    assert "RandomTranslation" in names
+    assert (model.optimizer.beta_1, model.optimizer.beta_2) == (0.7, 0.9)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+    assert history["train/loss"].iloc[-1] < history["train/loss"].iloc[0]
+    assert history["val/accuracy"].iloc[-1] > 0.9  # chance is 0.1
+
+
+def test_warmup_rises_linearly_then_decays_along_a_cosine() -> None:
+    params = params_with(train={"epochs": 10, "learning_rate": 0.01, "warmup": 0.2})
+    schedule = learning_rate(params.train, steps_per_epoch=10)  # 100 steps
+    lr = [float(schedule(step)) for step in (0, 10, 20, 60, 100)]
+    assert lr[0] == pytest.approx(0.0)
+    assert lr[1] == pytest.approx(0.005)  # half-way up
+    assert lr[2] == pytest.approx(0.01)  # the peak at 20% of the steps
+    assert lr[3] == pytest.approx(0.005, rel=1e-3)  # half-way down the cosine
+    assert lr[4] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_pool_first_gives_the_same_outputs_as_pooling_after_relu() -> None:
+    """Max pooling and ReLU commute: pooling first does a quarter of the activations' work and
+    changes nothing."""
+    cnn = {"type": "cnn", "cnn.filters": [4], "cnn.dense": 0, "cnn.dropout": 0.0}
+    after = build_model(params_with(model=cnn).model)
+    first = build_model(params_with(model={**cnn, "cnn.pool_first": True}).model)
+    first.set_weights(after.get_weights())
+    np.testing.assert_allclose(first.predict(X, verbose=0), after.predict(X, verbose=0), rtol=1e-6)

@@ -78,7 +78,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Leaves only (a dict value of a leaf key such as sweep.space.x is kept whole)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("fixed", "space", "files"):
+        if isinstance(value, dict) and key not in ("fixed", "space", "spaces", "files"):
             flat.update(_flat(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -574,3 +574,30 @@ def test_repeats_optimise_the_mean_and_prune_on_the_first_seed(
     assert not [m for m in pruned_run.data.metrics if m.endswith(".mean")]
     steps = client(project).get_metric_history(first.info.run_id, "val/accuracy")
     assert pruned.user_attrs["epochs"] == len(steps) <= 2
+
+
+def test_workers_threads_cap_tensorflow_thread_pools() -> None:
+    """`sweep.threads` reaches each worker as TensorFlow's thread-pool sizes; 0 leaves them."""
+    from digits.tools.sweep.workers import run_workers, thread_env
+
+    assert thread_env(0) == {}
+    probe = "import os; print(os.environ['TF_NUM_INTRAOP_THREADS'], flush=True)"
+    exits: list[int] = []
+    codes = run_workers(
+        [[sys.executable, "-c", probe]], "x", lambda w, c: exits.append(c), threads=1
+    )
+    assert list(codes.values()) == [0] and exits == [0]
+    assert thread_env(1) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+
+
+def test_named_space_replaces_the_study_fixed_settings_and_space() -> None:
+    """`make sweep SPACE=cnn`: the CNN study of params.yaml, checked like the main space."""
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    cnn = params.sweep.choose("cnn")
+    assert cnn.study != params.sweep.study and cnn.fixed["model.type"] == "cnn"
+    assert "model.mlp.width" not in cnn.space and cnn.pruner == params.sweep.pruner
+    assert params.sweep.choose(None) is params.sweep
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sweep"]["spaces"]["cnn"]["space"]["model.cnn.padding"] = {"choices": ["full"]}
+    with pytest.raises(Exception, match=r"sweep\.spaces\.cnn\.space\.model\.cnn\.padding"):
+        parse_params(raw)

@@ -34,6 +34,11 @@ def _augment(
     from keras import layers
 
     x = layers.Reshape((*image_shape, 1))(x)
+    if cfg.crop:
+        # nearest-neighbour sampling of a random shift: a whole-pixel translation, the same as
+        # padding by `crop` and cropping back at random, drawn per image
+        side = cfg.crop / image_shape[0], cfg.crop / image_shape[1]
+        x = layers.RandomTranslation(*side, fill_mode="constant", interpolation="nearest")(x)
     if cfg.rotation:
         x = layers.RandomRotation(cfg.rotation / 360, fill_mode="constant")(x)
     if cfg.shift:
@@ -62,19 +67,23 @@ def _cnn(x: keras.KerasTensor, cfg: CNNConfig, image_shape: tuple[int, int]) -> 
     x = layers.Reshape((*image_shape, 1))(x)
     pool = layers.MaxPooling2D if cfg.pooling == "max" else layers.AveragePooling2D
     init = INITIALIZERS[cfg.activation]
-    for filters in cfg.filters:
-        for _ in range(cfg.convs_per_block):
+    for filters, kernel in zip(cfg.filters, cfg.kernels, strict=True):
+        for i in range(cfg.convs_per_block):
             x = layers.Conv2D(
                 filters,
-                cfg.kernel_size,
-                padding="same",
+                kernel,
+                padding=cfg.padding,
                 kernel_initializer=init,
                 use_bias=not cfg.batch_norm,
             )(x)
             if cfg.batch_norm:
                 x = layers.BatchNormalization()(x)
+            last = i == cfg.convs_per_block - 1
+            if last and cfg.pool_first:
+                x = pool(2)(x)
             x = layers.Activation(cfg.activation)(x)
-        x = pool(2)(x)
+        if not cfg.pool_first:
+            x = pool(2)(x)
     x = layers.Flatten()(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout)(x)
@@ -118,14 +127,29 @@ def _build(cfg: ModelConfig, image_shape: tuple[int, int]) -> keras.Model:
     return keras.Model(inputs, outputs, name=cfg.type)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The optimiser named in `train.optimizer`, at `train.learning_rate`, held constant or
-    decayed to zero over all epochs along a cosine (`train.lr_schedule`)."""
+def learning_rate(
+    cfg: TrainConfig, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """`train.learning_rate` held constant, or decayed to zero over all steps along a cosine,
+    after a linear rise from zero over the first `train.warmup` of them (one-cycle)."""
     from keras import optimizers
 
-    lr = cfg.learning_rate
-    if cfg.lr_schedule == "cosine":
-        lr = optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    total = cfg.epochs * steps_per_epoch
+    if not cfg.warmup:
+        return optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
+    warmup = max(1, round(cfg.warmup * total))
+    return optimizers.schedules.CosineDecay(
+        0.0, decay_steps=total - warmup, warmup_target=cfg.learning_rate, warmup_steps=warmup
+    )
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimiser named in `train.optimizer`, at `learning_rate(cfg, steps_per_epoch)`."""
+    from keras import optimizers
+
+    lr = learning_rate(cfg, steps_per_epoch)
     match cfg.optimizer:
         case "sgd":
             return optimizers.SGD(lr)
@@ -138,7 +162,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
         case "adadelta":
             return optimizers.Adadelta(lr)
         case "adam":
-            return optimizers.Adam(lr)
+            return optimizers.Adam(lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
@@ -147,9 +171,14 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) ->
     `STEPS_PER_EXECUTION` batches per call into TensorFlow: the same updates in the same order,
     less Python between them (batch-level callbacks see every 32nd batch). The setting is saved
     with the model, so `predict` on a loaded model batches the same way."""
+    import keras
+
+    loss = "categorical_crossentropy"
+    if cfg.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(
         optimizer=make_optimizer(cfg, steps_per_epoch),
-        loss="categorical_crossentropy",
+        loss=loss,
         metrics=["accuracy"],
         steps_per_execution=STEPS_PER_EXECUTION,
     )

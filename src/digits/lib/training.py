@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -136,6 +137,8 @@ def fit_logged(
     summary = {
         "train/seconds": round(seconds, 2),
         "train/epochs": len(history),
+        # the process's peak resident memory so far (Linux counts KiB): data, TensorFlow, model
+        "train/peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         # early stopping restores the best epoch's weights; without it the last epoch's stay
         "selected/epoch": (
             best_epoch(history, params.train.monitor) if params.train.patience else len(history)

@@ -1,9 +1,9 @@
 """The metric vocabulary, the same in MLflow, `reports/*.json`, the DVC plots and the sweep.
 
 Per epoch (step = epoch, from 1): `train/loss`, `train/accuracy`, `val/loss`, `val/accuracy`.
-Once per run: `train/seconds`, `train/epochs`, `selected/epoch`, `selected/val_loss`,
-`selected/val_accuracy`, and `evaluate`'s `test/accuracy`, `test/loss`, `test/errors` and
-`test/macro_{precision,recall,f1}`.
+Once per run: `train/seconds`, `train/epochs`, `train/peak_memory_mb`, `selected/epoch`,
+`selected/val_loss`, `selected/val_accuracy`, and `evaluate`'s `test/accuracy`, `test/loss`,
+`test/errors` and `test/macro_{precision,recall,f1}`.
 
 Keras' names (`val_accuracy`, ...) are translated here and nowhere else. Importing this module
 loads neither Keras, MLflow nor pandas.

@@ -2,6 +2,7 @@
 
     python -m digits.tools.bench overhead [--repeats 4]     # train stage vs bench/bare_keras.py
     python -m digits.tools.bench sweep [--workers 2]        # TPE + pruning vs random, no pruning
+    python -m digits.tools.bench speed [--only 10s]         # ladder rungs vs keras-io's convnet
 
 Real data (`data/processed`, `make repro` first). Results: `reports/bench/*.json` and `.md`.
 """
@@ -177,6 +178,113 @@ No-op `dvc repro` (nothing changed): {noop}.
 """
 
 
+# --- speed: rungs against the Keras example CNN, FLOPs ---------------------------------------
+
+
+def forward_flops(model: Any) -> int:
+    """FLOPs (2 per multiply-add) of one image through the model's convolutions and dense
+    layers, the work that matters; pooling, activations and normalisation are left out."""
+    import keras
+
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            rows, cols, out = layer.output.shape[1:]
+            k_rows, k_cols = layer.kernel_size
+            flops += 2 * rows * cols * out * k_rows * k_cols * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.input.shape[-1] * layer.units
+    return flops
+
+
+def run_flops(params: Any, n_train: int, n_val: int, epochs: int) -> dict[str, float]:
+    """FLOPs of a training run: per training image forward and backward (the backward pass
+    about twice the forward), per run with each epoch's validation pass."""
+    from digits.lib.models import build_model
+
+    forward = forward_flops(build_model(params.model))
+    return {
+        "forward_mflop": forward / 1e6,
+        "train_mflop_per_image": 3 * forward / 1e6,
+        "run_tflop": epochs * (3 * forward * n_train + forward * n_val) / 1e12,
+    }
+
+
+def convnet_seconds(data: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run keras-io's mnist_convnet (bench/keras_convnet.py) until it reaches 99.0% test."""
+    script = Path(__file__).resolve().parents[3] / "bench" / "keras_convnet.py"
+    wall, stdout = timed([sys.executable, str(script), "--data", str(data)], env)
+    return {**json.loads(stdout.strip().splitlines()[-1]), "wall": wall}
+
+
+def speed(params_path: Path, data: Path, rungs_path: Path, only: Sequence[str]) -> dict[str, Any]:
+    """Each selected ladder rung through the pipeline (`dvc exp run`), with the Keras example
+    CNN run right before it, so the ratio compares runs on the same machine minutes apart."""
+    from digits.lib.data import load_split
+    from digits.lib.files import project_root
+    from digits.lib.tracking import runs
+    from digits.tools.ladder import load_rungs, run_rung, rung_result
+
+    params = load_params(params_path)
+    rungs = [r for r in load_rungs(rungs_path, params) if any(o in r.name for o in only)]
+    runs.setup(params.mlflow, project_root(params_path))
+    n_train, n_val = len(load_split(data / "train.npz")), len(load_split(data / "val.npz"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    results = []
+    for rung in rungs:
+        load = os.getloadavg()[0]
+        convnet = convnet_seconds(data, env)
+        wall = run_rung(rung)
+        ours = rung_result(rung, params.mlflow.experiment)
+        flops = run_flops(params.with_overrides(rung.set), n_train, n_val, ours["epochs"])
+        ratio = (
+            convnet["seconds_to_target"] / ours["seconds"] if convnet["seconds_to_target"] else None
+        )
+        results.append(
+            {
+                "rung": rung.name,
+                **ours,
+                "wall": wall,
+                **flops,
+                "gflop_per_s": 1000 * flops["run_tflop"] / ours["seconds"],
+                "convnet": convnet,
+                "convnet_ratio": ratio,
+                "load_before": load,
+                "load_after": os.getloadavg()[0],
+            }
+        )
+        log.info("%s: %s", rung.name, results[-1])
+    return {"rungs": results}
+
+
+def speed_markdown(result: dict[str, Any]) -> str:
+    """The speed figures as a Markdown section."""
+    rows = []
+    for r in result["rungs"]:
+        convnet = r["convnet"]["seconds_to_target"]
+        ratio = f"**{r['convnet_ratio']:.1f}x**" if r["convnet_ratio"] else "-"
+        rows.append(
+            f"| {r['rung']} | {r['accuracy']:.2f}% | {r['seconds']:.1f} s | {r['epochs']} "
+            f"| {r['train_mflop_per_image']:.1f} | {r['run_tflop']:.2f} | {r['gflop_per_s']:.0f} "
+            f"| {r.get('peak_memory_mb') or '-'} | {convnet or 0:.1f} s | {ratio} "
+            f"| {r['load_before']:.1f} / {r['load_after']:.1f} |"
+        )
+    return f"""## Speed to accuracy: the rungs against keras-io's mnist_convnet
+
+On {machine()}, {date.today().isoformat()}. Training = `train/seconds`; MFLOP per training
+image = 3x the forward pass of the convolutions and dense layers; GFLOP/s = the run's FLOPs
+(training and each epoch's validation pass) / training seconds; peak memory = the train
+stage's peak resident memory (`train/peak_memory_mb`). Convnet = seconds of fit keras-io's
+`mnist_convnet` needed to reach 99.0% test on the same split, run right before the rung;
+ratio = its seconds / ours. Load = 1-minute load average before / after.
+
+| rung | test | training | epochs | MFLOP/image | TFLOP/run | GFLOP/s | peak MiB \
+| convnet to 99.0% | ratio | load |
+|---|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
 # --- sweep efficiency -------------------------------------------------------------------------
 
 VARIANTS = {
@@ -297,11 +405,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     sweeps = commands.add_parser("sweep", help="TPE + pruning vs random without pruning")
     sweeps.add_argument("--workers", type=int, default=2, help="worker processes per sweep")
     sweeps.add_argument("--n-trials", type=int, help="finished trials per variant")
+    fast = commands.add_parser("speed", help="ladder rungs vs keras-io's mnist_convnet")
+    fast.add_argument(
+        "--rungs", type=Path, default=Path("bench/ladder.yaml"), help="the ladder's rungs"
+    )
+    fast.add_argument(
+        "--only", nargs="+", default=["99."], help="rungs whose name contains any of these"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.command == "overhead":
         result = overhead(args.params, args.data, args.raw, args.repeats)
         text = overhead_markdown(result, args.params)
+    elif args.command == "speed":
+        result = speed(args.params, args.data, args.rungs, args.only)
+        text = speed_markdown(result)
     else:
         assert params.sweep is not None
         n_trials = args.n_trials or params.sweep.n_trials

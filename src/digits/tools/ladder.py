@@ -103,6 +103,7 @@ def rung_result(rung: Rung, experiment: str) -> dict[str, Any]:
         "epochs": int(metrics["train/epochs"]),
         "selected": int(metrics["selected/epoch"]),
         "seconds": metrics["train/seconds"],
+        "peak_memory_mb": metrics.get("train/peak_memory_mb"),
         "run_id": runs[0].info.run_id,
     }
 

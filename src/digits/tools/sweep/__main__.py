@@ -22,7 +22,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run (or resume) the sweep: `make sweep`")
-    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    run.add_argument("--workers", type=int, help="worker processes on this machine (sweep.workers)")
     run.add_argument(
         "--out", type=Path, default=Path("reports/sweep"), help="folder for trials.csv and plots"
     )
@@ -43,6 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     for sub in (run, work, promote, storage):
         sub.add_argument("--study", help="study name (sweep.study)")
+        sub.add_argument("--space", help="a named space of sweep.spaces, e.g. cnn (its study)")
         sub.add_argument(
             "--storage", help="SQLAlchemy URL or journal file ($OPTUNA_STORAGE, sweep.storage)"
         )
@@ -56,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     if params.sweep is None:
         raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
-    cfg = params.sweep
+    cfg = params.sweep.choose(args.space)
+    params = params.model_copy(update={"sweep": cfg})
     url = storage_url(cfg, project_root(args.params), args.storage)
     if args.command == "storage":
         print(url if args.show_password else redact(url))
@@ -64,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "promote":
         promote(args.params, args.study or cfg.study, url, cfg)
         return
-    if getattr(args, "workers", 1) < 1:
+    workers = cfg.workers if getattr(args, "workers", None) is None else args.workers
+    if workers < 1:
         raise ParamsError("--workers must be at least 1")
     opts = SweepOptions(
         params_path=args.params,
@@ -73,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         n_trials=args.n_trials or cfg.n_trials,
         data=args.data,
         out=getattr(args, "out", SweepOptions.out),
-        workers=getattr(args, "workers", 1),
+        workers=workers,
+        space=args.space,
         timeout=getattr(args, "timeout", None) or cfg.timeout,
     )
     from digits.tools.sweep import workers

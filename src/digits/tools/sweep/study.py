@@ -294,3 +294,4 @@ class SweepOptions:
     out: Path = Path("reports/sweep")
     workers: int = 1
     timeout: float | None = None  # seconds for this `make sweep`
+    space: str | None = None  # a named space of `sweep.spaces` instead of `sweep.space`

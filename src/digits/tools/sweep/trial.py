@@ -170,6 +170,7 @@ class Objective:
         return resumable(params, self.data_digest, self.checkpoints / f"trial-{first}.npz")
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        import keras
         import mlflow
         import optuna
 
@@ -181,6 +182,8 @@ class Objective:
 
         trial.set_user_attr("worker", runs.process_id())  # first: who owns this trial
         self.interruption.check()
+        # a fresh graph: otherwise every earlier trial's layers stay in this process
+        keras.backend.clear_session()
         sweep = self.params.sweep
         assert sweep is not None
         overrides = {**sweep.fixed, **{k: suggest(trial, k, d) for k, d in sweep.space.items()}}

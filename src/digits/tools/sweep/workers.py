@@ -151,10 +151,20 @@ def worker_command(opts: SweepOptions, parent: str, seed: int, deadline: float |
     """The command line of one worker process (the storage URL goes in its environment)."""
     command = [sys.executable, "-m", "digits.tools.sweep", "--params", str(opts.params_path)]
     command += ["worker", "--study", opts.study, "--data", str(opts.data)]
+    if opts.space:
+        command += ["--space", opts.space]
     command += ["--parent-run-id", parent, "--seed", str(seed), "--n-trials", str(opts.n_trials)]
     if deadline:
         command += ["--deadline", str(deadline)]
     return command
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that caps a worker's TensorFlow thread pools at `threads` (0: no cap). Two
+    workers each running a pool per core would oversubscribe the cores."""
+    if not threads:
+        return {}
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads)}
 
 
 def run_workers(
@@ -162,14 +172,16 @@ def run_workers(
     storage: str,
     on_exit: Callable[[str, int], None],
     beat: Callable[[], None] = lambda: None,
+    threads: int = 0,
 ) -> dict[str, int]:
-    """Start the workers and wait for them, calling `on_exit(worker id, exit code)` as each one
-    ends (at once, so a killed worker's trial is freed while the others work on) and `beat()`
-    every half second; Ctrl-C or SIGTERM is passed on to each as SIGINT. Returns {worker id:
-    exit code}."""
+    """Start the workers (each with at most `threads` TensorFlow threads, 0: no cap) and wait
+    for them, calling `on_exit(worker id, exit code)` as each one ends (at once, so a killed
+    worker's trial is freed while the others work on) and `beat()` every half second; Ctrl-C
+    or SIGTERM is passed on to each as SIGINT. Returns {worker id: exit code}."""
     from digits.lib.tracking.runs import process_id
 
-    env = {**os.environ, "OPTUNA_STORAGE": storage}  # not in argv: it may hold a password
+    # the storage is not in argv: it may hold a password
+    env = {**os.environ, "OPTUNA_STORAGE": storage, **thread_env(threads)}
     # own sessions: a Ctrl-C reaches the launcher only, which passes one SIGINT to each worker
     started = (subprocess.Popen(c, env=env, start_new_session=True) for c in commands)
     procs = {process_id(p.pid): p for p in started}
@@ -255,7 +267,8 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
             {
                 f"sweep.{k}": v
                 for k, v in flatten(params.sweep.model_dump()).items()
-                if k not in ("study", "storage", "n_trials", "timeout")
+                if k.split(".")[0]
+                not in ("study", "storage", "n_trials", "timeout", "workers", "spaces")
             }
         )
         mlflow.log_params(
@@ -303,7 +316,11 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
                     work(params, opts, parent.info.run_id, base_seed, deadline)
                 codes = {}
             else:
-                codes = run_workers(commands, opts.storage, on_exit, beat)
+                threads = params.sweep.threads or max(
+                    1, len(os.sched_getaffinity(0)) // opts.workers
+                )
+                log.info("%d workers x %d TensorFlow threads", opts.workers, threads)
+                codes = run_workers(commands, opts.storage, on_exit, beat, threads)
         finally:
             study = open_study(params, opts.storage, opts.study, params.sweep.seed)
             if failed := fail_orphans(study, single_host=alone):
