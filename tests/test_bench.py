@@ -52,6 +52,37 @@ def test_the_table_says_no_below_the_reference_or_over_the_time_limit() -> None:
     assert "| 2026-11-22 |" in rows["slow"] and "| before 2f5e76c |" in rows["short"]
 
 
+def test_a_repeated_rung_holds_only_when_every_seed_reaches_the_reference() -> None:
+    rung = ladder.Rung(
+        name="fast", reference=99.0, max_seconds=10, repeats=3, set={"train.epochs": 2}
+    )
+    runs = rung.seeded(42)
+    assert [r.set["train.seed"] for r in runs] == [42, 43, 44]
+    assert len({r.exp_name for r in runs}) == 3 and all(r.repeats == 1 for r in runs)
+    assert rung.model_copy(update={"set": {"train.seed": 7}}).seeded(42)[0].set["train.seed"] == 7
+
+    def result(accuracy: float, seconds: float) -> dict:
+        figures = {"epochs": 2, "selected": 2, "wall": 30.0, "run_id": "r"}
+        return {**figures, "accuracy": accuracy, "seconds": seconds}
+
+    good = ladder.summarise([result(99.1, 9.0), result(99.3, 12.0), result(99.2, 8.0)], [1, 2, 3])
+    assert (good["accuracy"], good["accuracy_min"], good["seconds"]) == (99.2, 99.1, 9.0)
+    one_low = ladder.summarise([result(98.9, 5.0), result(99.5, 5.0), result(99.4, 5.0)], [1, 2, 3])
+    slow = ladder.summarise([result(99.5, 11.0), result(99.5, 12.0), result(99.5, 5.0)], [1, 2, 3])
+    rows = ladder.table(
+        [rung, rung.model_copy(update={"name": "low"}), rung.model_copy(update={"name": "slow"})],
+        {
+            "fast": {**good, "date": "d"},
+            "low": {**one_low, "date": "d"},
+            "slow": {**slow, "date": "d"},
+        },
+    ).splitlines()[2:]
+    assert rows[0].endswith("| yes |") and "median of 3 seeds (min 99.10%" in rows[0]
+    assert "9.0 s median (8.0-12.0) (limit 10 s)" in rows[0]
+    assert rows[1].endswith("| NO |"), "one seed under the reference"
+    assert rows[2].endswith("| NO |"), "the median run over the time limit"
+
+
 def trial(number: int, curve: list[float]) -> SimpleNamespace:
     return SimpleNamespace(number=number, intermediate_values=dict(enumerate(curve, 1)))
 

@@ -221,7 +221,7 @@ def test_valid_padding_that_shrinks_the_image_to_nothing_is_refused() -> None:
     raw = real_params()
     raw["model"].update(type="cnn")
     raw["model"]["cnn"].update(filters=[8, 8, 8], kernel_size=7, padding="valid")
-    with pytest.raises(ParamsError, match="shrink to nothing by block 3.*padding: same"):
+    with pytest.raises(ParamsError, match=r"shrink to nothing by block 3.*padding: same"):
         parse_params(raw)
     raw["model"]["cnn"]["padding"] = "same"
     parse_params(raw)

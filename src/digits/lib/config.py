@@ -274,10 +274,12 @@ class PromoteRule(Strict):
 
 class SearchSpace(Strict):
     """Another study over another space, `make sweep SPACE=<name>`: it replaces the study name,
-    `fixed` and `space` of `sweep:` (and `n_trials`, when given); the rest is shared."""
+    `fixed` and `space` of `sweep:` (and `n_trials` and `timeout`, when given); the rest is
+    shared."""
 
     study: str = Field(min_length=1)
     n_trials: int | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0)  # seconds; in place of sweep.timeout
     fixed: dict[str, Any]
     space: dict[str, Dimension] = Field(min_length=1)
 
@@ -319,6 +321,8 @@ class SweepConfig(Strict):
         update = {"study": chosen.study, "fixed": chosen.fixed, "space": chosen.space}
         if chosen.n_trials:
             update["n_trials"] = chosen.n_trials
+        if chosen.timeout:
+            update["timeout"] = chosen.timeout
         return self.model_copy(update=update)
 
 

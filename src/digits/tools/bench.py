@@ -218,24 +218,28 @@ def convnet_seconds(data: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def speed(params_path: Path, data: Path, rungs_path: Path, only: Sequence[str]) -> dict[str, Any]:
-    """Each selected ladder rung through the pipeline (`dvc exp run`), with the Keras example
-    CNN run right before it, so the ratio compares runs on the same machine minutes apart."""
+    """The selected ladder rungs through the pipeline (`dvc exp run`, every seed of a repeated
+    rung), after keras-io's example CNN in the same run, so the ratio compares runs on the same
+    machine minutes apart. The rungs' figures also go to the ladder's results and table."""
     from digits.lib.data import load_split
     from digits.lib.files import project_root
     from digits.lib.tracking import runs
-    from digits.tools.ladder import load_rungs, run_rung, rung_result
+    from digits.tools import ladder
 
     params = load_params(params_path)
-    rungs = [r for r in load_rungs(rungs_path, params) if any(o in r.name for o in only)]
+    every = ladder.load_rungs(rungs_path, params)
+    rungs = [r for r in every if any(o in r.name for o in only)]
     runs.setup(params.mlflow, project_root(params_path))
     n_train, n_val = len(load_split(data / "train.npz")), len(load_split(data / "val.npz"))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    load = os.getloadavg()[0]
+    convnet = convnet_seconds(data, env)
+    log.info("keras-io mnist_convnet: %s", convnet)
     results = []
     for rung in rungs:
         load = os.getloadavg()[0]
-        convnet = convnet_seconds(data, env)
-        wall = run_rung(rung)
-        ours = rung_result(rung, params.mlflow.experiment)
+        ours = ladder.measure(rung, params)
+        ladder.record(rungs_path, params, every, {rung.name: ours})
         flops = run_flops(params.with_overrides(rung.set), n_train, n_val, ours["epochs"])
         ratio = (
             convnet["seconds_to_target"] / ours["seconds"] if convnet["seconds_to_target"] else None
@@ -244,39 +248,44 @@ def speed(params_path: Path, data: Path, rungs_path: Path, only: Sequence[str]) 
             {
                 "rung": rung.name,
                 **ours,
-                "wall": wall,
                 **flops,
                 "gflop_per_s": 1000 * flops["run_tflop"] / ours["seconds"],
-                "convnet": convnet,
                 "convnet_ratio": ratio,
                 "load_before": load,
                 "load_after": os.getloadavg()[0],
             }
         )
         log.info("%s: %s", rung.name, results[-1])
-    return {"rungs": results}
+    return {"convnet": convnet, "rungs": results}
 
 
 def speed_markdown(result: dict[str, Any]) -> str:
     """The speed figures as a Markdown section."""
     rows = []
     for r in result["rungs"]:
-        convnet = r["convnet"]["seconds_to_target"]
+        convnet = result["convnet"]["seconds_to_target"]
         ratio = f"**{r['convnet_ratio']:.1f}x**" if r["convnet_ratio"] else "-"
+        test, seconds = f"{r['accuracy']:.2f}%", f"{r['seconds']:.1f} s"
+        if "seeds" in r:
+            test += f" (min {r['accuracy_min']:.2f}%, {len(r['seeds'])} seeds)"
+            seconds += f" ({min(r['seconds_all']):.1f}-{max(r['seconds_all']):.1f})"
         rows.append(
-            f"| {r['rung']} | {r['accuracy']:.2f}% | {r['seconds']:.1f} s | {r['epochs']} "
+            f"| {r['rung']} | {test} | {seconds} | {r['epochs']} "
             f"| {r['train_mflop_per_image']:.1f} | {r['run_tflop']:.2f} | {r['gflop_per_s']:.0f} "
             f"| {r.get('peak_memory_mb') or '-'} | {convnet or 0:.1f} s | {ratio} "
             f"| {r['load_before']:.1f} / {r['load_after']:.1f} |"
         )
+    convnet_epochs = len(result["convnet"]["epochs"])
     return f"""## Speed to accuracy: the rungs against keras-io's mnist_convnet
 
 On {machine()}, {date.today().isoformat()}. Training = `train/seconds`; MFLOP per training
 image = 3x the forward pass of the convolutions and dense layers; GFLOP/s = the run's FLOPs
 (training and each epoch's validation pass) / training seconds; peak memory = the train
 stage's peak resident memory (`train/peak_memory_mb`). Convnet = seconds of fit keras-io's
-`mnist_convnet` needed to reach 99.0% test on the same split, run right before the rung;
-ratio = its seconds / ours. Load = 1-minute load average before / after.
+`mnist_convnet` needed to reach 99.0% test on the same split ({convnet_epochs} epochs), run
+once right before the rungs; ratio = its seconds / ours. A repeated rung shows its median run
+(test: median, and the worst seed; training: median and range). Load = 1-minute load average
+before / after the rung.
 
 | rung | test | training | epochs | MFLOP/image | TFLOP/run | GFLOP/s | peak MiB \
 | convnet to 99.0% | ratio | load |
