@@ -53,12 +53,14 @@ def test_the_table_says_no_below_the_reference_or_over_the_time_limit() -> None:
 
 
 def test_a_repeated_rung_holds_only_when_every_seed_reaches_the_reference() -> None:
+    long = "99.0% in 10 s, a name longer than the forty characters a slug keeps"
     rung = ladder.Rung(
         name="fast", reference=99.0, max_seconds=10, repeats=3, set={"train.epochs": 2}
     )
-    runs = rung.seeded(42)
+    runs = rung.model_copy(update={"name": long}).seeded(42)
     assert [r.set["train.seed"] for r in runs] == [42, 43, 44]
-    assert len({r.exp_name for r in runs}) == 3 and all(r.repeats == 1 for r in runs)
+    assert all(r.repeats == 1 for r in runs)
+    assert [r.exp_name[-7:] for r in runs] == ["-seed42", "-seed43", "-seed44"]
     assert rung.model_copy(update={"set": {"train.seed": 7}}).seeded(42)[0].set["train.seed"] == 7
 
     def result(accuracy: float, seconds: float) -> dict:

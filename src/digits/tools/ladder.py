@@ -47,11 +47,14 @@ class Rung(BaseModel):
     # reference and the median time is within max_seconds
     repeats: int = Field(default=1, ge=1, le=20)
     set: dict[str, Any] = Field(min_length=1)
+    seed: int | None = None  # set on each run of a repeated rung
 
     @property
     def exp_name(self) -> str:
-        """The DVC experiment (and MLflow run) name: `ladder-` and a slug of the name."""
-        return "ladder-" + re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")[:40]
+        """The DVC experiment (and MLflow run) name: `ladder-`, a slug of the name and, for a
+        run of a repeated rung, `-seed<n>`."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")[:40].strip("-")
+        return f"ladder-{slug}" + (f"-seed{self.seed}" if self.seed is not None else "")
 
     def seeded(self, base_seed: int) -> list[Rung]:
         """The rung's runs: itself, or one per seed (`-S train.seed=`, names ending `-seed<n>`)."""
@@ -60,11 +63,7 @@ class Rung(BaseModel):
         first = self.set.get("train.seed", base_seed)
         return [
             self.model_copy(
-                update={
-                    "name": f"{self.name}, seed {seed}",
-                    "repeats": 1,
-                    "set": {**self.set, "train.seed": seed},
-                }
+                update={"repeats": 1, "seed": seed, "set": {**self.set, "train.seed": seed}}
             )
             for seed in range(first, first + self.repeats)
         ]
@@ -97,7 +96,8 @@ def exp_command(rung: Rung) -> list[str]:
 def run_rung(rung: Rung) -> float:
     """Remove an earlier experiment of the same name, run the rung; returns its wall seconds."""
     subprocess.run(["dvc", "exp", "remove", rung.exp_name], capture_output=True, check=False)
-    log.info("%s: %s", rung.name, " ".join(exp_command(rung)))
+    seed = f", seed {rung.seed}" if rung.seed is not None else ""
+    log.info("%s%s: %s", rung.name, seed, " ".join(exp_command(rung)))
     started = time.perf_counter()
     subprocess.run(exp_command(rung), check=True)
     return time.perf_counter() - started
