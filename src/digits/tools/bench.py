@@ -239,7 +239,7 @@ def speed(params_path: Path, data: Path, rungs_path: Path, only: Sequence[str]) 
     for rung in rungs:
         load = os.getloadavg()[0]
         ours = ladder.measure(rung, params)
-        ladder.record(rungs_path, params, every, {rung.name: ours})
+        ladder.record(every, {rung.name: ours})
         flops = run_flops(params.with_overrides(rung.set), n_train, n_val, ours["epochs"])
         ratio = (
             convnet["seconds_to_target"] / ours["seconds"] if convnet["seconds_to_target"] else None

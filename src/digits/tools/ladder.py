@@ -161,8 +161,6 @@ def table(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
 
 
 def record(
-    rungs_path: Path,
-    params: Params,
     rungs: Sequence[Rung],
     new: dict[str, dict[str, Any]],
     results_path: Path = Path("reports/ladder.json"),
@@ -178,12 +176,12 @@ def record(
 
 def measure(rung: Rung, params: Params) -> dict[str, Any]:
     """Run the rung (once per seed when repeated); its figures, dated."""
+    seeded = rung.seeded(params.train.seed)
     runs = []
-    for run in rung.seeded(params.train.seed):
+    for run in seeded:
         wall = run_rung(run)
         runs.append({**rung_result(run, params.mlflow.experiment), "wall": wall})
-    seeds = [run.set.get("train.seed", params.train.seed) for run in rung.seeded(params.train.seed)]
-    result = summarise(runs, seeds) if rung.repeats > 1 else runs[0]
+    result = summarise(runs, [run.seed for run in seeded]) if rung.repeats > 1 else runs[0]
     return {**result, "date": date.today().isoformat()}
 
 
@@ -265,24 +263,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     rungs = load_rungs(args.rungs, params)
 
-    results = json.loads(args.results.read_text()) if args.results.exists() else {}
     wanted = [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
     selected = [] if args.render else wanted
     if selected:
         from digits.lib.tracking import runs
 
         runs.setup(params.mlflow, project_root(args.params))
+    results = record(rungs, {}, args.results, args.out)  # --render: rewrite the table only
     for number, rung in enumerate(selected, 1):
         log.info("rung %d of %d", number, len(selected))
-        results[rung.name] = measure(rung, params)
-        write_text(args.results, json.dumps(results, indent=2))  # survives a later failure
+        # recorded after each rung: the figures survive a later rung's failure
+        results = record(rungs, {rung.name: measure(rung, params)}, args.results, args.out)
         log.info(
             "%s: %.2f%% (reference %.2f%%)",
             rung.name,
             results[rung.name]["accuracy"],
             rung.reference,
         )
-    write_text(args.out, report(rungs, results))
     print(table(rungs, results))
 
 
