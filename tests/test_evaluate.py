@@ -80,7 +80,7 @@ def flags(**paths: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, mirror, processed: Path, store_template: Path):
     """`train` + `evaluate` + `report` twice in one project on the synthetic data: an
-    untrained-ish model (1 epoch), then a better one (8 epochs)."""
+    untrained-ish model (1 epoch), then a better one (8 epochs) scored with test-time shifts."""
     from digits.stages import evaluate, report, train
 
     _, hashes = mirror
@@ -95,6 +95,7 @@ def two_models(tmp_path_factory, mirror, processed: Path, store_template: Path):
     try:
         for i, (epochs, lr) in enumerate(((1, 0.0003), (8, 0.003))):
             raw["train"].update(epochs=epochs, learning_rate=lr, patience=0)
+            raw["evaluate"] = {"shifts": i}
             params = root / "params.yaml"
             params.write_text(yaml.safe_dump(raw))
             out = root / f"out{i}"
@@ -177,6 +178,30 @@ def test_second_model_is_compared_with_the_champion_side_by_side(two_models) -> 
     assert "### Fixed and broken test digits" in report
     assert "![Reliability diagram (calibration)](figures/reliability.png)" in report
     assert "Expected calibration error" in report
+
+
+def test_test_time_shifts_are_stated_and_checked_on_validation(two_models) -> None:
+    from digits.lib.vocab import SHIFTED_VAL_ACCURACY
+
+    root, (first, second) = two_models
+    client = client_for(root)
+    plain, moved = (json.loads((out / "metrics.json").read_text()) for out in (first, second))
+    assert SHIFTED_VAL_ACCURACY not in plain
+    assert 0.1 < moved[SHIFTED_VAL_ACCURACY] <= 1.0
+    decision = json.loads((second / "registry.json").read_text())
+    version = client.get_model_version(decision["name"], decision["version"])
+    assert version.tags["evaluate.shifts"] == "1"
+    run = client.get_run(json.loads((second / "run.json").read_text())["run_id"])
+    assert run.data.tags["evaluate.shifts"] == "1"
+    assert run.data.metrics[SHIFTED_VAL_ACCURACY] == pytest.approx(moved[SHIFTED_VAL_ACCURACY])
+    assert "with test-time shifts (9 views)" in run.data.tags["mlflow.note.content"]
+    report = (second / "report.md").read_text()
+    assert "averaged over 9 views, moved by up to 1 pixel along each axis" in report
+    assert f"{moved[SHIFTED_VAL_ACCURACY]:.2%} with the shifts" in report
+    assert "one view per image (no test-time shifts)" in (first / "report.md").read_text()
+    # the registry paired the two models' own predictions: the test accuracy it recorded for
+    # the version is that of the shifted predictions
+    assert float(version.tags["test_accuracy"]) == pytest.approx(moved["test/accuracy"])
 
 
 @pytest.mark.parametrize("level", [0, 1, 1.5, -0.1])

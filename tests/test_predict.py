@@ -303,6 +303,38 @@ def test_predicts_images_and_batches(tmp_path: Path, model_file: Path, capsys) -
     assert (guesses == np.arange(10)).sum() <= 3
 
 
+def test_predict_applies_the_shifts_evaluate_scored_with(
+    tmp_path: Path, model_file: Path, capsys
+) -> None:
+    import keras
+
+    from digits.lib.shifts import shifted
+
+    rows = np.stack([to_mnist(glyph(d)) for d in range(10)]).reshape(10, 784)
+    np.save(tmp_path / "digits.npy", rows)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["evaluate"] = {"shifts": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    argv = [
+        str(tmp_path / "digits.npy"),
+        "--model",
+        str(model_file),
+        "--trust-model",
+        "--top",
+        "10",
+    ]
+    assert run([*argv, "--params", str(tmp_path / "params.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert "averaged over 9 views" in err
+    model = keras.saving.load_model(model_file)
+    expected = shifted(lambda x: model.predict(x, verbose=0), 1)(rows)
+    for (_, _, scores), p in zip(parse(out), expected, strict=True):
+        assert dict(scores) == pytest.approx(dict(enumerate(p)), abs=6e-4)  # 3 decimals
+    # the same model in one view gives other probabilities: the shifts were applied
+    plain = model.predict(rows, verbose=0)
+    assert np.abs(plain - expected).max() > 0.01
+
+
 def test_bad_files_are_named_and_the_rest_predicted(
     tmp_path: Path, model_file: Path, capsys
 ) -> None:

@@ -218,6 +218,14 @@ class TrainConfig(Strict):
         return self
 
 
+class EvaluateConfig(Strict):
+    """How `evaluate` and `predict` turn a trained model into predictions."""
+
+    # test-time shifts: each image is also predicted moved by every whole-pixel offset up to
+    # this far along each axis ((2n + 1)^2 views) and the probabilities averaged (0: off)
+    shifts: int = Field(default=0, ge=0, le=2)
+
+
 class PredictConfig(Strict):
     """Limits on each file given to `predict`, checked before it is decoded: every input is
     treated as hostile (a decompression bomb, a `.npy` header that lies)."""
@@ -334,6 +342,7 @@ class Params(Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MLflowConfig = MLflowConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     predict: PredictConfig = PredictConfig()
     sweep: SweepConfig | None = None
 

@@ -3,7 +3,8 @@
 Per epoch (step = epoch, from 1): `train/loss`, `train/accuracy`, `val/loss`, `val/accuracy`.
 Once per run: `train/seconds`, `train/epochs`, `train/peak_memory_mb`, `selected/epoch`,
 `selected/val_loss`, `selected/val_accuracy`, and `evaluate`'s `test/accuracy`, `test/loss`,
-`test/errors` and `test/macro_{precision,recall,f1}`.
+`test/errors`, `test/ece` and `test/macro_{precision,recall,f1}` (plus
+`selected/shifted_val_accuracy` when `evaluate.shifts` is on).
 
 Keras' names (`val_accuracy`, ...) are translated here and nowhere else. Importing this module
 loads neither Keras, MLflow nor pandas.
@@ -24,6 +25,9 @@ KERAS_TO_METRIC = {
     "val_accuracy": "val/accuracy",
 }
 METRIC_TO_KERAS = {v: k for k, v in KERAS_TO_METRIC.items()}
+
+# the kept weights' validation accuracy under `evaluate`'s test-time shifts
+SHIFTED_VAL_ACCURACY = "selected/shifted_val_accuracy"
 
 # What a sweep can optimise (`sweep.objectives`), each read from a trained run's summary:
 # validation metrics at the kept epoch, the model's size and the fit's time. Never a test metric.

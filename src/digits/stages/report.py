@@ -14,6 +14,8 @@ import pandas as pd
 from digits.lib.cli import stage_main
 from digits.lib.config import load_params, run_params
 from digits.lib.files import write_text
+from digits.lib.shifts import describe
+from digits.lib.vocab import SHIFTED_VAL_ACCURACY
 
 FIGURES = (
     ("Learning curves", "learning_curves"),
@@ -51,10 +53,11 @@ def render(
     run_id: str,
     registry: dict[str, Any] | None = None,
     spread: dict[str, Any] | None = None,
+    shifts: int = 0,
 ) -> str:
     """The report's Markdown; `images` maps figure keys to paths relative to the report;
     `registry` is what `evaluate` did in the model registry; `spread` is `make repeat`'s
-    record, shown when it is of this configuration."""
+    record, shown when it is of this configuration; `shifts` is `evaluate.shifts`."""
     accuracy = metrics["test/accuracy"]
     epochs, selected = train_metrics["train/epochs"], train_metrics["selected/epoch"]
     parts = [
@@ -63,6 +66,7 @@ def render(
         f"test loss {metrics['test/loss']:.4f}; model `{params['model.type']}`, "
         f"{epochs} epochs (weights of epoch {selected}) in "
         f"{train_metrics['train/seconds']:.0f} s. MLflow run `{run_id}`.",
+        prediction_line(shifts, metrics, train_metrics),
         "## Metrics",
         _table(
             [(k, _fmt(v)) for k, v in {**metrics, **train_metrics}.items()], ("metric", "value")
@@ -85,6 +89,20 @@ def render(
     if registry:
         parts += registry_section(registry, images)
     return "\n\n".join(parts) + "\n"
+
+
+def prediction_line(shifts: int, metrics: dict[str, Any], train_metrics: dict[str, Any]) -> str:
+    """How the test predictions were made; with test-time shifts, what they did to the
+    validation accuracy of the kept weights (the check made without the test set)."""
+    text = f"Predictions: {describe(shifts)}."
+    shifted, plain = metrics.get(SHIFTED_VAL_ACCURACY), train_metrics.get("selected/val_accuracy")
+    if shifts and shifted is not None and plain is not None:
+        text += (
+            f" Validation accuracy {plain:.2%} in one view, {shifted:.2%} with the shifts. "
+            "`predict` applies the same shifts; a model served by `mlflow models serve` answers "
+            "in one view."
+        )
+    return text
 
 
 def spread_section(params: dict[str, Any], spread: dict[str, Any] | None) -> list[str]:
@@ -172,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         json.loads(args.run_info.read_text())["run_id"],
         json.loads(args.registry.read_text()),
         json.loads(args.spread.read_text()) if args.spread and args.spread.is_file() else None,
+        params.evaluate.shifts,
     )
     write_text(args.out, text)
 

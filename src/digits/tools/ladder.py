@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from digits.lib.cli import stage_main
 from digits.lib.config import Params, ParamsError, load_params
 from digits.lib.files import project_root, write_text
+from digits.lib.vocab import SHIFTED_VAL_ACCURACY
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,14 @@ def rung_result(rung: Rung, experiment: str) -> dict[str, Any]:
         "seconds": metrics["train/seconds"],
         "peak_memory_mb": metrics.get("train/peak_memory_mb"),
         "run_id": runs[0].info.run_id,
+        # what a recipe is judged by: the kept epoch's validation accuracy, and with
+        # `evaluate.shifts` on, the same weights' validation accuracy with the shifts
+        "val_accuracy": 100 * metrics["selected/val_accuracy"],
+        **(
+            {"shifted_val_accuracy": 100 * metrics[SHIFTED_VAL_ACCURACY]}
+            if SHIFTED_VAL_ACCURACY in metrics
+            else {}
+        ),
     }
 
 

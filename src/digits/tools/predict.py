@@ -18,7 +18,7 @@ import re
 import stat
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ import numpy as np
 from digits import PipelineError
 from digits.lib.cli import stage_main
 from digits.lib.config import PredictConfig
+from digits.lib.shifts import Predictor, describe, shifted
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,8 +55,6 @@ ACCEPTED = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WebP")
 NPY_MAGIC = b"\x93NUMPY"
 WORK_PIXELS = 4_000_000  # larger images are box-reduced to about this before becoming floats
 CHUNK = 4096  # rows converted, and predicted, at a time: memory stays flat whatever the batch
-
-Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 class InputError(PipelineError, ValueError):
@@ -591,7 +590,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--params",
         type=Path,
         default=Path("params.yaml"),
-        help="where the MLflow tracking store and the `predict:` limits are configured",
+        help="where the MLflow tracking store, the `predict:` limits and `evaluate.shifts` (the "
+        "test-time shifts evaluate scored the model with) are configured",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.top <= 10:
@@ -601,7 +601,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_trust(args.model, project_root(args.params), args.trust_model)
     from digits.lib.config import load_params
 
-    limits = load_params(args.params).predict if args.params.exists() else LIMITS
+    params = load_params(args.params) if args.params.exists() else None
+    limits = params.predict if params else LIMITS
+    shifts = params.evaluate.shifts if params else 0
+    if shifts:
+        print(describe(shifts), file=sys.stderr)
 
     # Streamed: files are read, and their rows predicted, CHUNK rows at a time, so memory
     # stays flat however many files or rows there are; the model loads with the first rows
@@ -612,7 +616,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     def flush() -> None:
         nonlocal predictor
         if pending:
-            predictor = predictor or load_predictor(args.model, args.params, args.trust_model)
+            predictor = predictor or shifted(
+                load_predictor(args.model, args.params, args.trust_model), shifts
+            )
             for line in predict(predictor, pending, args.top):
                 print(line)
             pending.clear()

@@ -19,7 +19,7 @@ import hashlib
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,6 +235,7 @@ def register(
     cfg: MLflowConfig,
     after_read: Callable[[], None] | None = None,
     lock_timeout: float = 300.0,
+    tags: Mapping[str, str] | None = None,
 ) -> tuple[Registration, dict[str, np.ndarray] | None]:
     """Register a logged model as a version of the registered model that holds its test data
     and input signature, and move the alias to it when it is that data's first version or
@@ -242,7 +243,8 @@ def register(
     predictions must already be stored (`log_predictions`). Returns the registration and the
     predictions of the champion it was compared with (None when there was none).
 
-    `after_read` runs between reading the champion and setting the alias: a test's hook."""
+    `tags` go on the new version beside the registry's own; `after_read` runs between reading
+    the champion and setting the alias: a test's hook."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -256,7 +258,8 @@ def register(
     try:
         with promotion_lock(client, cfg.registered_model, lock_timeout):
             return _register_locked(
-                client, model_uri, labels, predicted, accuracy, digest, signature, cfg, after_read
+                client, model_uri, labels, predicted, accuracy, digest, signature, cfg,
+                after_read, tags or {},
             )  # fmt: skip
     except MlflowException as err:
         raise RegistryError(f"model registry {uri}: {err.message}") from None
@@ -272,6 +275,7 @@ def _register_locked(
     signature: str,
     cfg: MLflowConfig,
     after_read: Callable[[], None] | None,
+    extra_tags: Mapping[str, str],
 ) -> tuple[Registration, dict[str, np.ndarray] | None]:
     name, not_compared = home(client, cfg.registered_model, digest, signature)
     holder = client.get_registered_model(name).aliases.get(cfg.champion_alias)
@@ -279,7 +283,8 @@ def _register_locked(
     before = load_predictions(current.run_id) if current is not None and current.run_id else None
     if after_read is not None:
         after_read()
-    tags = {TEST_DIGEST_TAG: digest, SIGNATURE_TAG: signature, "test_accuracy": str(accuracy)}
+    tags = {**extra_tags, TEST_DIGEST_TAG: digest, SIGNATURE_TAG: signature}
+    tags["test_accuracy"] = str(accuracy)
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     alias = cfg.champion_alias
     test = None
