@@ -226,9 +226,7 @@ def shifted_validation(
 ) -> dict[str, float]:
     """The kept weights' validation accuracy with test-time shifts, beside the plain one the
     train stage logged (`selected/val_accuracy`): the check that shifting helps, made without
-    the test set. Empty when `shifts` is 0."""
-    if shifts == 0:
-        return {}
+    the test set."""
     probabilities = shifted(predict, shifts)(val.x)
     return {SHIFTED_VAL_ACCURACY: float((probabilities.argmax(axis=1) == val.labels).mean())}
 
@@ -286,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     shifts = params.evaluate.shifts
     log.info("%s", describe(shifts))
     probabilities = shifted(predict, shifts)(test.x)
-    validation = shifted_validation(predict, load_split(args.data / "val.npz"), shifts)
+    validation = (
+        shifted_validation(predict, load_split(args.data / "val.npz"), shifts) if shifts else {}
+    )
     labels = test.labels
     predicted = probabilities.argmax(axis=1)
     evaluation = score(labels, probabilities)
