@@ -35,7 +35,9 @@ def test_repeat_trains_seeds_as_child_runs_with_their_spread(
 
     from digits.tools import repeat
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_params))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({**small_params, "evaluate": {"shifts": 1}})
+    )
     out = tmp_path / "reports/repeat"
     argv = ["--params", str(tmp_path / "params.yaml"), "--repeats", "3"]
     repeat.main([*argv, "--data", str(processed), "--out", str(out)])
@@ -63,6 +65,8 @@ def test_repeat_trains_seeds_as_child_runs_with_their_spread(
     record = json.loads((out / "spread.json").read_text())
     assert record["seeds"] == [42, 43, 44] and record["run_id"] == parent.info.run_id
     assert "train.seed" not in record["config"] and record["config"]["train.epochs"] == 2
+    assert record["config"]["evaluate.shifts"] == 1  # the test metrics' views, as evaluate's
+    assert parent.data.params["evaluate.shifts"] == "1"
     assert len((out / "seeds.csv").read_text().splitlines()) == 4
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "repeat")}
     assert artifacts == {"repeat/seeds.csv", "repeat/spread.json"}
@@ -106,6 +110,8 @@ def test_report_shows_the_spread_of_its_own_configuration_only(
     assert "| test/errors | 25 | 7.0711 | 20 | 30 |" in text
     other = run_params(params.with_overrides({"train.learning_rate": 0.5}))
     assert "Spread over seeds" not in render(other, *args, None, record), "not its configuration"
+    shifted = render(run_params(params), *args, None, record, 1)
+    assert "Spread over seeds" not in shifted, "its test metrics were computed in one view"
     reseeded = run_params(params.with_overrides({"train.seed": 7}))
     text = render(reseeded, *args, None, record)
     assert "Spread over seeds" in text and "one of them" not in text

@@ -82,7 +82,7 @@ def render(
         "(the top softmax probability) and accuracy over 15 equal-width confidence bins, "
         "weighted by the images in each (0 is perfectly calibrated).",
     ]
-    parts += spread_section(params, spread)
+    parts += spread_section(params, spread, shifts)
     for title, key in FIGURES:
         if key in images:
             parts += [f"## {title}", f"![{title}]({images[key]})"]
@@ -105,10 +105,14 @@ def prediction_line(shifts: int, metrics: dict[str, Any], train_metrics: dict[st
     return text
 
 
-def spread_section(params: dict[str, Any], spread: dict[str, Any] | None) -> list[str]:
+def spread_section(
+    params: dict[str, Any], spread: dict[str, Any] | None, shifts: int = 0
+) -> list[str]:
     """`make repeat`'s mean, sd, min and max over seeds, if it measured this very configuration
-    (every setting but the seed); nothing otherwise, so a stale spread is never shown."""
+    (every setting but the seed, and the same test-time shifts); nothing otherwise, so a stale
+    spread is never shown."""
     config = {k: v for k, v in params.items() if k != "train.seed"}
+    config["evaluate.shifts"] = shifts
     if not spread or spread.get("config") != config:
         return []
     from digits.lib.seeds import describe

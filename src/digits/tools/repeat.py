@@ -30,9 +30,11 @@ def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
     """Train and evaluate `train.repeats` seeds under one parent run, write `seeds.csv` and
     `spread.json` into `out` (and the parent run); returns what `spread.json` holds."""
     import mlflow
+    import numpy as np
     import pandas as pd
 
     from digits.lib.data import file_digest, load_splits
+    from digits.lib.shifts import shifted
     from digits.lib.tracking import runs
     from digits.lib.tracking.seeds import fit_seeds, log_spread
     from digits.stages.evaluate import score
@@ -44,7 +46,10 @@ def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
 
     def measure(model: Any) -> dict[str, float]:
         # reported, never used to choose: each seed's test metrics, as `evaluate` computes them
-        return score(test.labels, model.predict(test.x, batch_size=1024, verbose=0)).metrics
+        def predict(x: np.ndarray) -> np.ndarray:
+            return np.asarray(model.predict(x, batch_size=1024, verbose=0))
+
+        return score(test.labels, shifted(predict, params.evaluate.shifts)(test.x)).metrics
 
     name = f"repeat-{len(seeds)}-seeds"
     with runs.tracked_run(run_name=name, tags={"repeat": "parent"}) as parent:
