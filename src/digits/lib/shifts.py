@@ -1,19 +1,27 @@
 """Test-time shifts: a model's class probabilities averaged over copies of each image moved by
 whole pixels, the cheap test-time augmentation of the CIFAR-10 speedruns.
 
-`params.yaml`'s `evaluate.shifts` sets how far: `evaluate` and `predict` both apply it. The model
-file itself stays one view, so a model served by `mlflow models serve` answers unshifted.
+`params.yaml`'s `evaluate.shifts` sets how far: `evaluate`, `predict` and `make repeat` apply it.
+The model file itself stays one view, so a model served by `mlflow models serve` answers
+unshifted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 SIDE = 28
+BATCH = 1024  # images per forward pass when predicting
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def keras_predictor(model: Any) -> Predictor:
+    """A Keras model's `predict` as a Predictor: images -> class probabilities (NumPy)."""
+    return lambda x: np.asarray(model.predict(x, batch_size=BATCH, verbose=0))
 
 
 def offsets(shifts: int) -> list[tuple[int, int]]:

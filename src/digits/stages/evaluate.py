@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from digits.lib.config import load_params
 from digits.lib.data import Split, load_split
 from digits.lib.files import project_root, reporting_disk_full, write_json, write_text
 from digits.lib.idx import NUM_CLASSES
-from digits.lib.shifts import describe, shifted
+from digits.lib.shifts import Predictor, describe, keras_predictor, shifted
 from digits.lib.vocab import SHIFTED_VAL_ACCURACY
 
 log = logging.getLogger(__name__)
@@ -221,9 +221,7 @@ def comparison_figures(
     return save_figures(folder, figures)
 
 
-def shifted_validation(
-    predict: Callable[[np.ndarray], np.ndarray], val: Split, shifts: int
-) -> dict[str, float]:
+def shifted_validation(predict: Predictor, val: Split, shifts: int) -> dict[str, float]:
     """The kept weights' validation accuracy with test-time shifts, beside the plain one the
     train stage logged (`selected/val_accuracy`): the check that shifting helps, made without
     the test set."""
@@ -277,10 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = load_split(args.data / "test.npz")
     history = pd.read_csv(args.history)
     model = keras.saving.load_model(args.model, safe_mode=True)  # no code from the file
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(x, batch_size=1024, verbose=0))
-
+    predict = keras_predictor(model)
     shifts = params.evaluate.shifts
     log.info("%s", describe(shifts))
     probabilities = shifted(predict, shifts)(test.x)

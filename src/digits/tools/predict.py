@@ -27,7 +27,7 @@ import numpy as np
 from digits import PipelineError
 from digits.lib.cli import stage_main
 from digits.lib.config import PredictConfig
-from digits.lib.shifts import Predictor, describe, shifted
+from digits.lib.shifts import Predictor, describe, keras_predictor, shifted
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -484,7 +484,7 @@ def load_keras(path: Path, trust: bool = False) -> Predictor:
                 "TRUST=1); otherwise ask for a model without Lambda layers"
             ) from None
         raise PipelineError(f"{path}: cannot load as a Keras model ({err})") from None
-    return lambda x: np.asarray(keras_model.predict(x, batch_size=1024, verbose=0))
+    return keras_predictor(keras_model)
 
 
 def load_predictor(

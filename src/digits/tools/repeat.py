@@ -30,11 +30,10 @@ def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
     """Train and evaluate `train.repeats` seeds under one parent run, write `seeds.csv` and
     `spread.json` into `out` (and the parent run); returns what `spread.json` holds."""
     import mlflow
-    import numpy as np
     import pandas as pd
 
     from digits.lib.data import file_digest, load_splits
-    from digits.lib.shifts import shifted
+    from digits.lib.shifts import keras_predictor, shifted
     from digits.lib.tracking import runs
     from digits.lib.tracking.seeds import fit_seeds, log_spread
     from digits.stages.evaluate import score
@@ -46,10 +45,8 @@ def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
 
     def measure(model: Any) -> dict[str, float]:
         # reported, never used to choose: each seed's test metrics, as `evaluate` computes them
-        def predict(x: np.ndarray) -> np.ndarray:
-            return np.asarray(model.predict(x, batch_size=1024, verbose=0))
-
-        return score(test.labels, shifted(predict, params.evaluate.shifts)(test.x)).metrics
+        predict = shifted(keras_predictor(model), params.evaluate.shifts)
+        return score(test.labels, predict(test.x)).metrics
 
     name = f"repeat-{len(seeds)}-seeds"
     with runs.tracked_run(run_name=name, tags={"repeat": "parent"}) as parent:
