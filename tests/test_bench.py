@@ -12,7 +12,7 @@ import yaml
 from digits.lib.config import ParamsError, parse_params
 from digits.tools import bench, ladder
 
-from conftest import ROOT, real_params
+from helpers import ROOT, real_params
 
 
 def test_every_committed_rung_is_valid_and_becomes_a_dvc_command() -> None:

@@ -9,7 +9,7 @@ import yaml
 
 from digits.lib.config import ParamsError, load_params, parse_params, run_params
 
-from conftest import ROOT, real_params, run_without_tensorflow
+from helpers import ROOT, real_params, run_without_tensorflow
 
 
 def test_real_params_yaml_is_valid() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import drop_database, free_port, postgres_database, real_params, stage_env
+from helpers import drop_database, free_port, postgres_database, real_params, stage_env
 
 BIN = Path(sys.executable).parent
 TRAIN_ARGS = ["--data", "d", "--model", "m.keras", "--run-info", "r.json", "--metrics", "m.json",

@@ -20,7 +20,7 @@ import yaml
 
 from digits.lib.files import DiskFullError, write_json, write_text
 
-from conftest import fresh_store, real_params, shrink, stage_env
+from helpers import fresh_store, real_params, shrink, stage_env
 
 BIN = Path(sys.executable).parent
 FREE = r"\(free there: [\d,]+ bytes \([\d,.]+ MiB\)\)"

@@ -19,7 +19,7 @@ import pytest
 from digits.lib.config import parse_params
 from digits.stages.download import MIRROR_ENV, DownloadError, download, sources
 
-from conftest import free_port
+from helpers import free_port
 
 
 def config(params: dict, mirrors: list[str], local: str | None = None):
@@ -243,7 +243,7 @@ def test_real_mnist_sizes_fit_under_their_caps() -> None:
     smaller and passes too."""
     from digits.lib.config import MNIST_SIZES
 
-    from conftest import real_params
+    from helpers import real_params
 
     cfg = parse_params(real_params()).download
     assert all(MNIST_SIZES[n] < cfg.cap(n) <= 1.1 * MNIST_SIZES[n] + 4096 for n in MNIST_SIZES)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GIT_IDENTITY, make_command, project_copy, real_params, shrink, stage_env
+from helpers import GIT_IDENTITY, make_command, project_copy, real_params, shrink, stage_env
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

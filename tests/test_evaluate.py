@@ -15,7 +15,7 @@ from digits.lib.config import parse_params
 from digits.lib.tracking import runs
 from digits.stages.evaluate import calibration, fixed_and_broke
 
-from conftest import fresh_store, real_params, run_without_tensorflow, shrink
+from helpers import fresh_store, real_params, run_without_tensorflow, shrink
 
 
 def test_calibration_error_of_known_cases() -> None:

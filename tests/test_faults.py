@@ -16,7 +16,7 @@ import yaml
 from digits.lib.data import SPLITS, Split, load_split, load_splits, save_split
 from digits.stages import train as train_stage
 
-from conftest import fresh_store, real_params, shrink, stage_env
+from helpers import fresh_store, real_params, shrink, stage_env
 
 BIN = Path(sys.executable).parent
 

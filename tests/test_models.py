@@ -10,7 +10,7 @@ from digits.lib.config import parse_params, set_dotted
 from digits.lib.data import Split
 from digits.stages.preprocess import one_hot, to_features
 
-from conftest import real_params, synthetic_digits
+from helpers import real_params, synthetic_digits
 
 keras = pytest.importorskip("keras")
 

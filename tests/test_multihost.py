@@ -25,7 +25,7 @@ import yaml
 
 from digits.tools import hosts
 
-from conftest import drop_database, postgres_database, stage_env
+from helpers import drop_database, postgres_database, stage_env, wait_until
 
 # its own target: it restarts PostgreSQL, which the integration tests beside it are using
 pytestmark = pytest.mark.hosts
@@ -108,13 +108,11 @@ class Sweep:
 
     def wait(self, what: str, ready: Callable[[], Any], limit: float = 300) -> Any:
         """Poll `ready()` until it returns something true, for at most `limit` seconds."""
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if found := ready():
-                return found
-            time.sleep(0.5)
-        logs = "\n".join(f"--- {h.name}\n{self.log(h)[-3000:]}" for h in self.net.hosts)
-        raise AssertionError(f"waited {limit:.0f} s for {what}\n{logs}")
+        logs = lambda: "\n".join(f"--- {h.name}\n{self.log(h)[-3000:]}" for h in self.net.hosts)  # noqa: E731
+        try:
+            return wait_until(ready, limit, what, interval=0.5)
+        except pytest.fail.Exception as err:
+            raise AssertionError(f"{err}\n{logs()}") from None
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from digits.lib import numpy_mlp
 from digits.lib.config import MLflowConfig, ParamsError, parse_params
 from digits.lib.numpy_mlp import Network, cost, gradients
 
-from conftest import fresh_store, real_params, shrink
+from helpers import fresh_store, real_params, shrink
 
 CLASSIC = {
     "model.type": "numpy_mlp",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, fresh_store, real_params, shrink
+from helpers import ROOT, fresh_store, real_params, shrink, wait_until
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.xdist_group("pipeline")  # one worker: the tests share one project
@@ -161,7 +161,6 @@ def test_kill_9_during_train_then_repro_recovers(project) -> None:
     """`kill -9` of the whole `dvc repro` while `train` runs: the next `dvc repro` reruns what
     is missing and succeeds, and the killed run does not stay RUNNING."""
     import signal
-    import time
 
     root, env, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -174,17 +173,19 @@ def test_kill_9_during_train_then_repro_recovers(project) -> None:
         [str(BIN / "dvc"), "repro"], cwd=root, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    killed = None
-    deadline = time.time() + 300
-    while killed is None and time.time() < deadline:
-        time.sleep(0.5)
+
+    def training_run() -> str | None:  # a new run with two epochs logged
         for candidate in client.search_runs([experiment]):
             run_id = candidate.info.run_id
             if run_id not in before and len(client.get_metric_history(run_id, "val/loss")) >= 2:
-                killed = run_id
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert killed, "training never started"
+                return run_id
+        return None
+
+    try:
+        killed = wait_until(training_run, 300, "two epochs of training", interval=0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     params["train"]["epochs"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params))

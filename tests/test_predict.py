@@ -29,7 +29,7 @@ from digits.tools.predict import (
     top_k,
 )
 
-from conftest import ROOT, fresh_store
+from helpers import ROOT, fresh_store
 
 LINE = re.compile(r"^(?P<name>.+): (?P<label>\d)  \((?P<scores>.+)\)$")
 

@@ -11,7 +11,7 @@ from digits.lib.config import DataConfig, ParamsError
 from digits.lib.data import load_splits
 from digits.stages.preprocess import main, make_splits, one_hot, to_features
 
-from conftest import synthetic_digits
+from helpers import synthetic_digits
 
 
 def test_features_are_flat_float32_in_unit_range() -> None:

@@ -12,7 +12,7 @@ import pytest
 from digits.lib.config import load_params
 from digits.lib.data import load_splits
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ import pytest
 from digits.lib.config import MLflowConfig
 from digits.lib.tracking import logged_model, registry, runs
 
-from conftest import free_port, fresh_store, stage_env
+from helpers import free_port, fresh_store, stage_env, wait_until
 
 BIN = Path(sys.executable).parent
 CFG = MLflowConfig()
@@ -287,15 +287,16 @@ def test_mlflow_models_serve_answers_for_the_champion(store, splits) -> None:
         text=True,
     )
     try:
-        deadline = time.time() + 120
-        while True:
+
+        def pong() -> bool:
             assert server.poll() is None, server.communicate()[0]
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
             except (urllib.error.URLError, ConnectionError):
-                assert time.time() < deadline, "the model server did not come up in 120 s"
-                time.sleep(1)
+                return False
+            return True
+
+        wait_until(pong, 120, "the model server's /ping", interval=1)
         digits = test.x[:8]
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",

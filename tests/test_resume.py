@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import real_params, shrink, stage_env
+from helpers import real_params, shrink, stage_env, wait_until
 
 BIN = Path(sys.executable).parent
 CHECKPOINT = "models/checkpoint.npz"
@@ -89,10 +88,12 @@ def test_kill_9_after_epoch_k_resumes_bit_identical(tmp_path: Path, mirror, proc
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     victim = subprocess.Popen(stage_args(processed), cwd=killed, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (killed / CHECKPOINT).exists():  # the first epoch's checkpoint, then kill -9
-        assert victim.poll() is None and time.monotonic() < deadline, "no checkpoint written"
-        time.sleep(0.005)
+
+    def checkpointed() -> bool:  # the first epoch's checkpoint, then kill -9
+        assert victim.poll() is None, "the victim ended before writing a checkpoint"
+        return (killed / CHECKPOINT).exists()
+
+    wait_until(checkpointed, 300, "the first checkpoint", interval=0.005)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     reference_out = reference.communicate(timeout=300)[0]

@@ -22,7 +22,7 @@ from digits.lib.secrets import redact_logging, redact_text
 from digits.tools.sweep import __main__ as sweep
 from digits.tools.sweep import study as sweep_study
 
-from conftest import ROOT, drop_database, postgres_database, stage_env
+from helpers import ROOT, drop_database, postgres_database, stage_env
 
 BIN = Path(sys.executable).parent
 PASSWORD = "s3cr3tpw"

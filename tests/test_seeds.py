@@ -13,7 +13,7 @@ import yaml
 
 from digits.lib.seeds import seed_list, spread, spread_metrics
 
-from conftest import run_without_tensorflow
+from helpers import run_without_tensorflow
 
 
 def test_spread_is_mean_sample_sd_min_max() -> None:

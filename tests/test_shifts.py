@@ -8,7 +8,7 @@ import pytest
 from digits.lib.config import ParamsError, parse_params
 from digits.lib.shifts import offsets, shift_images, shifted
 
-from conftest import real_params
+from helpers import real_params
 
 
 def test_views_are_every_move_up_to_n_pixels_unshifted_first() -> None:

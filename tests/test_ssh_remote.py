@@ -11,14 +11,21 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import GIT_IDENTITY, free_port, project_copy, real_params, shrink, stage_env
+from helpers import (
+    GIT_IDENTITY,
+    free_port,
+    project_copy,
+    real_params,
+    shrink,
+    stage_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -73,17 +80,16 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     log = (folder / "sshd.log").open("w")
     server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def banner() -> bool:
             assert server.poll() is None, (folder / "sshd.log").read_text()
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    if s.recv(64).startswith(b"SSH-"):
-                        break
+                    return s.recv(64).startswith(b"SSH-")
             except OSError:
-                pass
-            assert time.monotonic() < deadline, "sshd did not start"
-            time.sleep(0.2)
+                return False
+
+        wait_until(banner, 30, "sshd's banner")
         yield Sshd(port, getpass.getuser(), folder / "client_key")
     finally:
         server.terminate()

@@ -21,7 +21,7 @@ import digits
 from digits.lib.config import Params
 from digits.tools import stagedeps
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_dvc_yaml_code_deps_are_the_stages_imports() -> None:

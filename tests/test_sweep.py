@@ -27,13 +27,14 @@ from digits.tools.sweep.study import (
     storage_url,
 )
 
-from conftest import (
+from helpers import (
     ROOT,
     drop_database,
     fresh_store,
     postgres_database,
     run_without_tensorflow,
     stage_env,
+    wait_until,
 )
 
 BIN = Path(sys.executable).parent
@@ -229,16 +230,24 @@ def start_slow_sweep(project: Path, data: Path, **popen: Any) -> tuple[subproces
         text=True,
         **popen,
     )
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
+
+    def running_trial() -> Any:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the sweep ended before a trial started:\n{proc.communicate()[0]}"
+            )
         if not (project / DEFAULT_JOURNAL).exists():
-            continue
+            return None
         for trial in load(project).trials:
             if trial.state.name == "RUNNING" and "mlflow_run_id" in trial.user_attrs:
-                return proc, trial
-    proc.kill()
-    raise AssertionError(f"no trial started:\n{proc.communicate()[0]}")
+                return trial
+        return None
+
+    try:
+        return proc, wait_until(running_trial, 180, "a running trial", interval=0.3)
+    except BaseException:
+        proc.kill()
+        raise
 
 
 @pytest.mark.integration  # kill -9 of a worker process: `make test-integration`
@@ -253,10 +262,12 @@ def test_killed_worker_trial_is_retried_and_resumed_in_its_run(
     from digits.lib.training import fit_logged
 
     proc, victim = start_slow_sweep(project, processed)
-    deadline = time.time() + 120
-    while len(victim.intermediate_values) < 2 and time.time() < deadline:
-        time.sleep(0.2)  # after epoch 2 at least: a checkpoint to resume from
-        victim = load(project).trials[victim.number]
+
+    def two_epochs() -> Any:  # after epoch 2 at least: a checkpoint to resume from
+        trial = load(project).trials[victim.number]
+        return trial if len(trial.intermediate_values) >= 2 else None
+
+    victim = wait_until(two_epochs, 120, "two epochs of the victim trial")
     os.kill(ProcessName.parse(victim.user_attrs["worker"]).pid, signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output

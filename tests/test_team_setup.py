@@ -14,7 +14,7 @@ import pytest
 
 from digits.tools.server import serving
 
-from conftest import (
+from helpers import (
     GIT_IDENTITY,
     drop_database,
     free_port,

@@ -15,7 +15,7 @@ import yaml
 from digits.lib.config import MLflowConfig
 from digits.lib.tracking import runs
 
-from conftest import fresh_store, real_params, shrink, stage_env
+from helpers import fresh_store, real_params, shrink, stage_env
 
 BIN = Path(sys.executable).parent
 

@@ -16,7 +16,7 @@ import yaml
 
 from digits.tools.server import serving
 
-from conftest import drop_database, free_port, postgres_database, real_params, shrink
+from helpers import drop_database, free_port, postgres_database, real_params, shrink
 
 BIN = Path(sys.executable).parent
 

@@ -20,7 +20,7 @@ import yaml
 
 from digits.tools.server import serving
 
-from conftest import free_port, real_params, shrink, stage_env
+from helpers import free_port, real_params, shrink, stage_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
