@@ -18,11 +18,31 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
+# Every metric name the project logs, once; modules use these constants, never the strings.
+TRAIN_LOSS = "train/loss"
+TRAIN_ACCURACY = "train/accuracy"
+VAL_LOSS = "val/loss"
+VAL_ACCURACY = "val/accuracy"
+TRAIN_SECONDS = "train/seconds"
+TRAIN_EPOCHS = "train/epochs"
+TRAIN_PEAK_MEMORY_MB = "train/peak_memory_mb"
+SELECTED_EPOCH = "selected/epoch"
+SELECTED_VAL_LOSS = "selected/val_loss"
+SELECTED_VAL_ACCURACY = "selected/val_accuracy"
+TEST_ACCURACY = "test/accuracy"
+TEST_LOSS = "test/loss"
+TEST_ERRORS = "test/errors"
+TEST_ECE = "test/ece"
+TEST_MACRO_PRECISION = "test/macro_precision"
+TEST_MACRO_RECALL = "test/macro_recall"
+TEST_MACRO_F1 = "test/macro_f1"
+MODEL_N_PARAMS = "model.n_params"
+
 KERAS_TO_METRIC = {
-    "loss": "train/loss",
-    "accuracy": "train/accuracy",
-    "val_loss": "val/loss",
-    "val_accuracy": "val/accuracy",
+    "loss": TRAIN_LOSS,
+    "accuracy": TRAIN_ACCURACY,
+    "val_loss": VAL_LOSS,
+    "val_accuracy": VAL_ACCURACY,
 }
 METRIC_TO_KERAS = {v: k for k, v in KERAS_TO_METRIC.items()}
 
@@ -32,10 +52,10 @@ SHIFTED_VAL_ACCURACY = "selected/shifted_val_accuracy"
 # What a sweep can optimise (`sweep.objectives`), each read from a trained run's summary:
 # validation metrics at the kept epoch, the model's size and the fit's time. Never a test metric.
 OBJECTIVES = {
-    "val/accuracy": "selected/val_accuracy",
-    "val/loss": "selected/val_loss",
-    "model.n_params": "model.n_params",
-    "train/seconds": "train/seconds",
+    VAL_ACCURACY: SELECTED_VAL_ACCURACY,
+    VAL_LOSS: SELECTED_VAL_LOSS,
+    MODEL_N_PARAMS: MODEL_N_PARAMS,
+    TRAIN_SECONDS: TRAIN_SECONDS,
 }
 
 
