@@ -55,6 +55,10 @@ lint: setup ## ruff check and format check
 	ruff check .
 	ruff format --check .
 
+.PHONY: docs
+docs: setup ## Build the documentation site with mkdocs (--strict: a broken link fails) -> site/
+	mkdocs build --strict --site-dir site
+
 format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
