@@ -12,20 +12,34 @@ SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
 ARTIFACTS ?= server-artifacts
 SERVER_WORKERS ?= 1
 
-.PHONY: help setup repro push pull test test-all test-integration test-browser test-hosts lint format ui server repeat sweep promote dashboard ladder bench predict clean
+.PHONY: help setup lock repro push pull test test-all test-integration test-browser test-hosts lint format ui server repeat sweep promote dashboard ladder bench predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 	@echo "Offline? MNIST_MIRROR=/folder/with/the/four/.gz/files make repro"
 
-$(BIN)/.installed: pyproject.toml
+# uv installs requirements.lock: every package pinned, each file checked against its sha256.
+# uv itself comes from pip, so the machine's pip settings (index, mirror, certificates) apply.
+UV_VERSION := 0.13.9
+LOCK := requirements.lock
+UV := $(BIN)/uv
+
+$(BIN)/.uv-$(UV_VERSION):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install -qq uv==$(UV_VERSION)
 	touch $@
 
-setup: $(BIN)/.installed ## Create .venv and install the pinned dependencies (about 2 minutes)
+$(BIN)/.installed: $(LOCK) pyproject.toml | $(BIN)/.uv-$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+setup: $(BIN)/.installed ## Create .venv and install requirements.lock's pinned packages (about 20 s)
+
+lock: | $(BIN)/.uv-$(UV_VERSION) ## Re-pin requirements.lock from pyproject.toml (keeps each pin that still fits)
+	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' --quiet -o $(LOCK)
 
 repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluate -> report
 	dvc repro
