@@ -12,7 +12,7 @@ SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
 ARTIFACTS ?= server-artifacts
 SERVER_WORKERS ?= 1
 
-.PHONY: help setup lock repro push pull test test-all test-integration test-browser test-hosts lint format ui server repeat sweep promote dashboard ladder bench predict clean
+.PHONY: help setup lock repro push pull test test-all test-integration test-browser test-hosts lint format ui server repeat sweep promote dashboard ladder bench bench-page predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -110,11 +110,16 @@ dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:80
 ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~1 h)
 	dvc repro preprocess
 	python -m digits.tools.ladder $(if $(ONLY),--only $(ONLY))
+	python -m digits.tools.benchpage --write
 
 bench: setup ## Train stage vs bare Keras, TPE+pruning vs random sweeps (N_TRIALS= WORKERS=) -> reports/bench/ (~1 h)
 	dvc repro
 	python -m digits.tools.bench overhead
 	python -m digits.tools.bench sweep $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS))
+	python -m digits.tools.benchpage --write
+
+bench-page: setup ## Rewrite docs/benchmarks.md from reports/ladder.json and reports/bench/*.json
+	python -m digits.tools.benchpage --write
 
 predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion] [TRUST=1]
 	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3] [TRUST=1]'; exit 2; }
