@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -28,15 +27,12 @@ from typing import Any
 from digits.lib.cli import stage_main
 from digits.lib.config import load_params
 from digits.lib.files import write_text
+from digits.tools import provenance
+from digits.tools.provenance import machine
 
 log = logging.getLogger(__name__)
 
 TARGET = 0.984  # validation accuracy the sweep comparison asks for
-
-
-def machine() -> str:
-    """Where the figures come from."""
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -421,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fast.add_argument(
         "--only", nargs="+", default=["99."], help="rungs whose name contains any of these"
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.command == "overhead":
@@ -436,7 +433,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             name: sweep_variant(args.params, name, args.workers, n_trials) for name in VARIANTS
         }
         text = sweep_markdown(result, args.workers, n_trials)
-    write_text(args.out / f"{args.command}.json", json.dumps(result, indent=2))
+    # the command, machine and day go with the figures, for docs/benchmarks.md
+    origin = provenance.now(["python", "-m", "digits.tools.bench", *argv])
+    record = {**result, "provenance": origin.as_json()}
+    write_text(args.out / f"{args.command}.json", json.dumps(record, indent=2))
     write_text(args.out / f"{args.command}.md", text)
     print(text)
 
