@@ -19,15 +19,11 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from digits.lib.config import IDX_KINDS
-from digits.tools.predict import (
-    InputError,
-    load_image,
-    main,
-    npy_rows,
-    to_mnist,
-    top_k,
-)
+from digits.lib.config import IDX_KINDS, PredictConfig
+from digits.lib.images import LIMITS, InputError, decode_image, to_mnist
+from digits.lib.inputs import Rows, Unreadable, decode_rows, iter_rows
+from digits.lib.predictions import top_k
+from digits.tools.predict import main
 
 from helpers import ROOT, fresh_store
 
@@ -69,6 +65,33 @@ def parse(stdout: str) -> list[tuple[str, int, list[tuple[int, float]]]]:
         scores = [s.split(": ") for s in match["scores"].split(", ")]
         parsed.append((match["name"], int(match["label"]), [(int(d), float(p)) for d, p in scores]))
     return parsed
+
+
+def read_all(
+    paths: list[Path], limits: PredictConfig = LIMITS
+) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """`iter_rows` collected: every (name, 784-pixel row), and every `name: defect` message."""
+    rows: list[tuple[str, np.ndarray]] = []
+    errors: list[str] = []
+    for item in iter_rows(paths, limits):
+        if isinstance(item, Unreadable):
+            errors.append(str(item))
+        else:
+            assert isinstance(item, Rows)
+            rows += zip(item.names, item.rows, strict=True)
+    return rows, errors
+
+
+def load_image(path: Path) -> np.ndarray:
+    """An image file decoded as `iter_rows` decodes it, before normalisation."""
+    return decode_image(path.read_bytes())
+
+
+def npy_rows(array: np.ndarray) -> np.ndarray:
+    """`array` saved as a `.npy` file's bytes and read back as `iter_rows` reads it."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return np.concatenate([chunk.rows for chunk in decode_rows(buf.getvalue(), "batch.npy")])
 
 
 def run(argv: list[str]) -> int:
@@ -545,8 +568,6 @@ def hostile_files(folder: Path) -> dict[str, str]:
 
 
 def test_each_hostile_file_gets_its_own_error_and_the_rest_are_read(tmp_path: Path) -> None:
-    from digits.tools.predict import load_inputs
-
     bad = hostile_files(tmp_path)
     Image.fromarray(255 - glyph(7)).save(tmp_path / "seven.png")
     png = io.BytesIO()
@@ -554,7 +575,7 @@ def test_each_hostile_file_gets_its_own_error_and_the_rest_are_read(tmp_path: Pa
     (tmp_path / "png_named.jpg").write_bytes(png.getvalue())  # content, not name, decides
     np.save(tmp_path / "fortran.npy", np.asfortranarray(np.eye(28, dtype=np.uint8) * 255))
     names = [*bad, "seven.png", "png_named.jpg", "fortran.npy"]
-    rows, errors = load_inputs([tmp_path / n for n in names])
+    rows, errors = read_all([tmp_path / n for n in names])
     assert [name for name, _ in rows] == [str(tmp_path / n) for n in names[-3:]]
     assert len(errors) == len(bad), errors
     for (name, defect), error in zip(bad.items(), errors, strict=True):
@@ -563,13 +584,10 @@ def test_each_hostile_file_gets_its_own_error_and_the_rest_are_read(tmp_path: Pa
 
 
 def test_limits_come_from_params_and_are_named(tmp_path: Path) -> None:
-    from digits.lib.config import PredictConfig
-    from digits.tools.predict import load_inputs
-
     Image.fromarray(glyph(3, canvas=(100, 80))).save(tmp_path / "three.png")
     np.save(tmp_path / "batch.npy", np.zeros((5, 784), np.uint8))
     size = (tmp_path / "batch.npy").stat().st_size
-    _, errors = load_inputs(
+    _, errors = read_all(
         [tmp_path / "three.png", tmp_path / "batch.npy"],
         PredictConfig(max_pixels=7_999, max_bytes=size - 1),
     )
@@ -590,7 +608,7 @@ def test_unreadable_files_and_memory_errors_are_one_line_each(
 
     from PIL import ImageFile
 
-    from digits.tools import predict as tool
+    from digits.lib import inputs as tool
 
     Image.fromarray(glyph(6)).save(tmp_path / "locked.png")
     Image.new("L", (1, 1)).save(tmp_path / "decoder.png")  # 1x1: the fake decoder's victim
@@ -617,7 +635,7 @@ def test_unreadable_files_and_memory_errors_are_one_line_each(
     monkeypatch.setattr(tool, "to_mnist", fake_to_mnist)
     monkeypatch.setattr(ImageFile.ImageFile, "load", fake_load)
     paths = [tmp_path / n for n in ("locked.png", "decoder.png", "normalise.png", "ok.png")]
-    rows, errors = tool.load_inputs(paths)
+    rows, errors = read_all(paths)
     assert errors == [
         f"{paths[0]}: permission denied (unreadable)",
         f"{paths[1]}: out of memory decoding the image",
@@ -641,7 +659,7 @@ def test_hostile_batch_through_the_cli(tmp_path: Path, model_file: Path, capsys)
     ("model", "reason"),
     [
         ("outside", "a file outside the project"),
-        ("folder", "a folder"),
+        ("folder", "a folder outside the project"),
         ("link", "a file outside the project"),
         ("s3://bucket/model", "a model URI outside the project's tracking store"),
         ("models://user@other-server/mnist/1", "a model URI outside"),
