@@ -436,24 +436,45 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_template
     mlflow.set_tracking_uri(None)
 
 
-def test_mlflow_model_uris(
-    mlflow_store: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
+def log_own_model(store: Path, model_file: Path, name: str = "digits-test") -> str:
+    """`model_file` logged as training logs a model, registered as `name`@champion; its run id."""
     import keras
     import mlflow
 
     from digits.lib.config import MLflowConfig
     from digits.lib.tracking import logged_model, runs
 
-    runs.setup(MLflowConfig(), mlflow_store)
+    runs.setup(MLflowConfig(), store)
     x, _ = training_digits(5, seed=4)
     with runs.tracked_run() as run_:
         logged_model.log_keras_model(keras.saving.load_model(model_file), x)
-    run_id = run_.info.run_id
-    version = mlflow.register_model(f"runs:/{run_id}/model", "digits-test").version
-    mlflow.MlflowClient().set_registered_model_alias("digits-test", "champion", version)
-    capsys.readouterr()  # MLflow's own output while logging
+    version = mlflow.register_model(f"runs:/{run_.info.run_id}/model", name).version
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+    return run_.info.run_id
 
+
+def minimal_params(folder: Path) -> Path:
+    """A params.yaml in `folder` with only what validation requires (the store: the default)."""
+    params = {
+        "download": {
+            "mirrors": ["https://example.invalid/"],
+            "files": {f"{s}-{k}": "0" * 64 for s in ("train", "t10k") for k in IDX_KINDS},
+        }
+    }
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    return folder / "params.yaml"
+
+
+def test_mlflow_model_uris(
+    mlflow_store: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The project's own logged model loads without --trust-model from a run, the registry and
+    a folder, through Keras in safe mode (never pyfunc), and predicts as the .keras file does."""
+    import keras
+    import mlflow
+
+    run_id = log_own_model(mlflow_store, model_file)
+    capsys.readouterr()  # MLflow's own output while logging
     folder = mlflow_store / "inputs"
     folder.mkdir()
     truth = write_inputs(folder)
@@ -462,6 +483,18 @@ def test_mlflow_model_uris(
     local = capsys.readouterr().out
     check_lines(local, truth, folder)
 
+    safe_modes = []
+    real_load = keras.saving.load_model
+
+    def spy(path, *args, **kwargs):
+        safe_modes.append(kwargs.get("safe_mode"))
+        return real_load(path, *args, **kwargs)
+
+    def no_pyfunc(*args, **kwargs):
+        raise AssertionError("loaded through pyfunc")
+
+    monkeypatch.setattr(keras.saving, "load_model", spy)
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", no_pyfunc)
     # runs:/ through $MLFLOW_TRACKING_URI, with no params.yaml
     assert run([*files, "--model", f"runs:/{run_id}/model", "--params", "absent.yaml"]) == 0
     assert parse(capsys.readouterr().out) == parse(local)
@@ -469,30 +502,143 @@ def test_mlflow_model_uris(
     # models:/name@alias through params.yaml's store, as `make repro` sets it up
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(None)
-    params = {
-        "download": {
-            "mirrors": ["https://example.invalid/"],
-            "files": {f"{s}-{k}": "0" * 64 for s in ("train", "t10k") for k in IDX_KINDS},
-        }
-    }
-    (mlflow_store / "params.yaml").write_text(yaml.safe_dump(params))
+    params = minimal_params(mlflow_store)
     argv = [*files, "--model", "models:/digits-test@champion"]
-    assert run([*argv, "--params", str(mlflow_store / "params.yaml")]) == 0
+    assert run([*argv, "--params", str(params)]) == 0
     assert parse(capsys.readouterr().out) == parse(local)
-    # an unknown model: a clear error, exit 1
-    assert (
-        run(
-            [
-                *files[:1],
-                "--model",
-                "models:/nope@champion",
-                "--params",
-                str(mlflow_store / "params.yaml"),
-            ]
-        )
-        == 1
+    # a folder inside the project holding the logged model
+    own = mlflow.artifacts.download_artifacts(
+        f"runs:/{run_id}/model", dst_path=str(mlflow_store / "models")
     )
+    capsys.readouterr()
+    assert run([*files, "--model", own, "--params", str(params)]) == 0
+    assert parse(capsys.readouterr().out) == parse(local)
+    assert safe_modes == [True, True, True]
+    # an unknown model: a clear error, exit 1
+    argv = [*files[:1], "--model", "models:/nope@champion", "--params", str(params)]
+    assert run(argv) == 1
     assert "error: models:/nope@champion: cannot load the model" in capsys.readouterr().err
+
+
+def planted_pyfunc(marker: Path):
+    """A pyfunc model whose unpickling writes `marker`: proof that loading ran its code."""
+    import mlflow
+
+    class Planted(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return np.zeros((len(model_input), 10))
+
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('unpickled')",))
+
+    return Planted()
+
+
+def test_a_model_holding_code_is_refused_before_anything_is_unpickled(
+    mlflow_store: Path, capsys
+) -> None:
+    """A pyfunc model (a pickle and code paths) from the registry, a run or a folder inside the
+    project: one `error:` line naming what it holds, and nothing of it runs; --trust-model
+    does run it (so the marker would show a load)."""
+    import mlflow
+
+    from digits.lib.config import MLflowConfig
+    from digits.lib.tracking import runs
+
+    marker = mlflow_store / "unpickled"
+    (mlflow_store / "helper.py").write_text("VALUE = 1\n")
+    runs.setup(MLflowConfig(), mlflow_store)
+    with runs.tracked_run() as run_:
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=planted_pyfunc(marker),
+            pip_requirements=["numpy"],  # inferring them would load the model
+            code_paths=[str(mlflow_store / "helper.py")],
+        )
+    run_id = run_.info.run_id
+    version = mlflow.register_model(f"runs:/{run_id}/model", "planted").version
+    mlflow.MlflowClient().set_registered_model_alias("planted", "champion", version)
+    folder = mlflow.artifacts.download_artifacts(
+        f"runs:/{run_id}/model", dst_path=str(mlflow_store / "models")
+    )
+    (mlflow_store / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    Image.fromarray(glyph(3)).save(mlflow_store / "three.png")
+    assert not marker.exists()
+    capsys.readouterr()
+    argv = [str(mlflow_store / "three.png"), "--params", str(mlflow_store / "params.yaml")]
+    for model in ("models:/planted@champion", f"runs:/{run_id}/model", folder):
+        assert run([*argv, "--model", model]) == 1
+        out, err = capsys.readouterr()
+        (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+        assert line.startswith(
+            f"error: {model}: refused: it holds flavours python_function (loader "
+            "mlflow.pyfunc.model, python_model.pkl, code paths: code"
+        )
+        assert "--trust-model" in line and "Traceback" not in err and out == ""
+        assert not marker.exists()
+    assert run([*argv, "--model", "models:/planted@champion", "--trust-model"]) == 1
+    assert marker.exists()
+
+
+def test_a_keras_model_with_a_pickle_or_an_export_is_refused(
+    mlflow_store: Path, model_file: Path, capsys
+) -> None:
+    import shutil
+
+    import mlflow
+
+    run_id = log_own_model(mlflow_store, model_file)
+    own = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))
+    params = minimal_params(mlflow_store)
+    Image.fromarray(glyph(3)).save(mlflow_store / "three.png")
+    argv = [str(mlflow_store / "three.png"), "--params", str(params), "--model"]
+    pickled = shutil.copytree(own, mlflow_store / "models" / "pickled")
+    (pickled / "data" / "custom_objects.cloudpickle").write_bytes(b"\x80\x05N.")
+    exported = shutil.copytree(own, mlflow_store / "models" / "exported")
+    manifest = yaml.safe_load((exported / "MLmodel").read_text())
+    manifest["flavors"]["keras"]["save_exported_model"] = True
+    manifest["flavors"]["sklearn"] = {"pickled_model": "model.pkl"}
+    (exported / "MLmodel").write_text(yaml.safe_dump(manifest))
+    capsys.readouterr()
+    assert run([*argv, str(pickled)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: {pickled}: refused: it holds files data/custom_objects.cloudpickle,"
+    )
+    assert run([*argv, str(exported)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: {exported}: refused: it holds flavours keras (a TensorFlow SavedModel "
+        "export), python_function, sklearn (a flavour predict does not load safely),"
+    )
+
+
+def test_models_uris_resolve_against_the_registry_uri(
+    mlflow_store: Path, model_file: Path, store_template: Path, monkeypatch, capsys
+) -> None:
+    """$MLFLOW_REGISTRY_URI, when set, is where `models:/` is looked up: a registry elsewhere
+    serves the model; one that is down is one `error:` line within seconds."""
+    import time
+
+    import mlflow
+
+    from helpers import free_port
+
+    registry = f"sqlite:///{fresh_store(mlflow_store / 'registry', store_template)}"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry)
+    try:
+        log_own_model(mlflow_store, model_file, name="elsewhere")
+        Image.fromarray(255 - glyph(2, 150, 4, canvas=(300, 200))).save(mlflow_store / "two.png")
+        argv = [str(mlflow_store / "two.png"), "--params", "absent.yaml", "--model"]
+        capsys.readouterr()
+        assert run([*argv, "models:/elsewhere@champion"]) == 0
+        check_lines(capsys.readouterr().out, {"two.png": 2}, mlflow_store)
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"http://127.0.0.1:{free_port()}")
+        started = time.monotonic()
+        assert run([*argv, "models:/elsewhere@champion"]) == 1
+        assert time.monotonic() - started < 30
+        err = capsys.readouterr().err
+        assert err.startswith("error: model registry: MLflow tracking server http://127.0.0.1")
+    finally:
+        mlflow.set_registry_uri(None)
 
 
 # --- hostile input and untrusted models (issue 18) --------------------------------------------

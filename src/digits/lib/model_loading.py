@@ -276,6 +276,11 @@ def _pyfunc_predictor(model_uri: str, where: str) -> Predictor:
         raise PipelineError(
             f"{model_uri}: cannot load the model from {where} ({message})"
         ) from None
+    except Exception as err:  # a trusted model's own loader may raise anything
+        message = f"its loader raised {type(err).__name__}: {err}"
+        raise PipelineError(
+            f"{model_uri}: cannot load the model from {where} ({message})"
+        ) from None
 
     def predict(x: np.ndarray) -> np.ndarray:
         with contextlib.redirect_stdout(sys.stderr):  # e.g. Keras' progress bar: stdout is ours
