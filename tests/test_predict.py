@@ -8,6 +8,7 @@ renderings of them, which only works if the preprocessing does its job."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -669,8 +670,6 @@ def npy_claiming(shape: tuple[int, ...], dtype: str = "<f4", payload: bytes = b"
 
 def hostile_files(folder: Path) -> dict[str, str]:
     """Files each of which must get its own error: {name: the defect's pattern}."""
-    import os
-
     (folder / "bomb.png").write_bytes(png_claiming(100_000, 100_000))
     (folder / "ps.png").write_bytes(
         b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
@@ -750,8 +749,6 @@ def test_unreadable_files_and_memory_errors_are_one_line_each(
 ) -> None:
     """Permissions cannot be tested as root (root reads anything), so os.open is made to refuse
     as it would; MemoryError raised inside Pillow's decoder and in the normalisation."""
-    import os
-
     from PIL import ImageFile
 
     from digits.lib import inputs as tool
@@ -788,6 +785,105 @@ def test_unreadable_files_and_memory_errors_are_one_line_each(
         f"{paths[2]}: out of memory reading it",
     ]
     assert [name for name, _ in rows] == [str(paths[3])]
+
+
+def test_devices_and_fifos_are_refused_before_they_are_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a device can have side effects, and a FIFO blocks without O_NONBLOCK: neither is
+    opened at all, each gets its own line, and the regular file is still read."""
+    import time
+
+    from digits.lib import inputs
+
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "null.png").symlink_to("/dev/null")
+    Image.fromarray(255 - glyph(7)).save(tmp_path / "seven.png")
+    opened = []
+    real_open = os.open
+
+    def spy(path, flags, *args):
+        opened.append(str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(inputs.os, "open", spy)
+    paths = [tmp_path / "fifo.png", Path("/dev/zero"), Path("/dev/null"), tmp_path / "null.png"]
+    started = time.monotonic()
+    rows, errors = read_all([*paths, tmp_path / "seven.png"])
+    assert time.monotonic() - started < 10
+    assert errors == [
+        f"{paths[0]}: is a FIFO (named pipe), not a regular file",
+        "/dev/zero: is a device file, not a regular file",
+        "/dev/null: is a device file, not a regular file",
+        f"{paths[3]}: is a device file, not a regular file",
+    ]
+    assert [name for name, _ in rows] == [str(tmp_path / "seven.png")]
+    assert opened == [str(tmp_path / "seven.png")]
+
+
+@pytest.mark.parametrize("swap", ["file", "link"])
+def test_a_file_swapped_after_its_check_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
+) -> None:
+    """Another file, or a link to a device, put in the checked file's place just before it is
+    opened is not read: the file opened must be the one checked."""
+    from digits.lib import inputs
+
+    Image.fromarray(255 - glyph(7)).save(tmp_path / "seven.png")
+    Image.fromarray(255 - glyph(1)).save(tmp_path / "other.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    real_open = os.open
+
+    def swapping(path, flags, *args):
+        os.replace(tmp_path / ("other.png" if swap == "file" else "zero.png"), path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(inputs.os, "open", swapping)
+    rows, errors = read_all([tmp_path / "seven.png"])
+    assert rows == []
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{tmp_path / 'seven.png'}: changed while being opened (")
+
+
+def test_display_name_escapes_what_a_terminal_would_obey() -> None:
+    from digits.lib.inputs import display_name
+
+    assert display_name("plain name é 七.png") == "plain name é 七.png"
+    assert display_name("a\nb\r\t\x1b[31m\x7f.png") == "a\\nb\\r\\t\\x1b[31m\\x7f.png"
+    assert display_name("back\\slash") == "back\\\\slash"
+    assert display_name(os.fsdecode(b"\xff\xfe.png")) == "\\xff\\xfe.png"
+    assert display_name("\u202eevil\u2028.png") == "\\u202eevil\\u2028.png"
+
+
+def test_hostile_names_give_one_escaped_line_each_in_any_locale(
+    tmp_path: Path, model_file: Path
+) -> None:
+    """Names with newlines, terminal escapes and bytes that are not UTF-8, under LC_ALL=C with
+    an ASCII stdout: one line per input, escaped, and no UnicodeEncodeError."""
+    folder = bytes(tmp_path)
+    names = [b"two\nlines.png", b"\x1b[31mred.png", b"\xff\xfe.png", "café.png".encode()]
+    for name in names:
+        Image.fromarray(255 - glyph(2, 150, 4, canvas=(300, 200))).save(
+            os.path.join(folder, name), format="PNG"
+        )
+    bad = os.path.join(folder, b"bad\n\x1b[0m\xff.png")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    paths = [os.path.join(folder, name) for name in names] + [bad]
+    cmd = [sys.executable.encode(), b"-m", b"digits.tools.predict", *paths]
+    cmd += [b"--model", bytes(model_file), b"--trust-model"]
+    env = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(cmd, capture_output=True, env=env, timeout=120)
+    err = done.stderr.decode("ascii")  # every byte of both streams is ASCII
+    assert done.returncode == 1, err
+    shown = ["two\\nlines.png", "\\x1b[31mred.png", "\\xff\\xfe.png", "caf\\xe9.png"]
+    lines = done.stdout.decode("ascii").splitlines()
+    assert [line.split(": 2  (")[0] for line in lines] == [f"{tmp_path}/{s}" for s in shown]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    defect = "not an image in an accepted format (PNG, JPEG, BMP, TIFF, GIF, WebP)"
+    assert errors == [
+        f"error: {tmp_path}/bad\\n\\x1b[0m\\xff.png: {defect}, judged by its first bytes"
+    ]
 
 
 def test_hostile_batch_through_the_cli(tmp_path: Path, model_file: Path, capsys) -> None:
