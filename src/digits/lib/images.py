@@ -104,7 +104,7 @@ def decode_image(data: bytes, limits: PredictConfig = LIMITS) -> np.ndarray:
     anything is decoded; a multi-frame file (animation, multi-page TIFF) is refused rather
     than read by its first frame; an image above `WORK_PIXELS` is box-reduced before it is
     turned into floats (MNIST keeps 20x20 of it)."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     fmt = image_format(data)
     if fmt is None:
@@ -120,33 +120,7 @@ def decode_image(data: bytes, limits: PredictConfig = LIMITS) -> np.ndarray:
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the image still reads
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[fmt]) as opened:
-                width, height = opened.size
-                if width * height > limits.max_pixels:
-                    raise InputError(
-                        f"image too large: {width} x {height} = {width * height:,} pixels "
-                        f"(limit predict.max_pixels = {limits.max_pixels:,})"
-                    )
-                if getattr(opened, "is_animated", False):
-                    raise InputError(
-                        f"a {fmt} with several frames (an animation or a multi-page file): "
-                        "predict reads one image per file; save the frame you mean on its own"
-                    )
-                # Memory: a big image is reduced to about WORK_PIXELS as early as it can be, a
-                # JPEG while it is decoded (DCT scaling), others right after, before any copy
-                factor = math.ceil(math.sqrt(width * height / WORK_PIXELS))
-                if fmt == "JPEG" and factor > 1:
-                    opened.draft("L", (-(-width // factor), -(-height // factor)))
-                img = ImageOps.exif_transpose(opened)
-                img.load()
-                img, scale = _reducible(img)
-                factor = math.ceil(math.sqrt(img.width * img.height / WORK_PIXELS))
-                if factor > 1:
-                    img = img.reduce(factor)
-                if img.mode in ("RGBA", "LA"):  # transparent parts on white
-                    img = Image.alpha_composite(
-                        Image.new("RGBA", img.size, "white"), img.convert("RGBA")
-                    )
-                gray = img if img.mode == "I" else img.convert("L")
+                gray, scale = _grayscale(opened, fmt, limits)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -158,6 +132,38 @@ def decode_image(data: bytes, limits: PredictConfig = LIMITS) -> np.ndarray:
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
     return np.clip(np.asarray(gray, dtype=np.float32) / scale, 0, 1)
+
+
+def _grayscale(opened: Image.Image, fmt: str, limits: PredictConfig) -> tuple[Image.Image, float]:
+    """An opened image, its size checked before decoding, decoded upright, reduced to about
+    `WORK_PIXELS`, transparent parts on white, as grayscale; and the value of white in it."""
+    from PIL import Image, ImageOps
+
+    width, height = opened.size
+    if width * height > limits.max_pixels:
+        raise InputError(
+            f"image too large: {width} x {height} = {width * height:,} pixels "
+            f"(limit predict.max_pixels = {limits.max_pixels:,})"
+        )
+    if getattr(opened, "is_animated", False):
+        raise InputError(
+            f"a {fmt} with several frames (an animation or a multi-page file): "
+            "predict reads one image per file; save the frame you mean on its own"
+        )
+    # Memory: a big image is reduced to about WORK_PIXELS as early as it can be, a JPEG while
+    # it is decoded (DCT scaling), others right after, before any copy
+    factor = math.ceil(math.sqrt(width * height / WORK_PIXELS))
+    if fmt == "JPEG" and factor > 1:
+        opened.draft("L", (-(-width // factor), -(-height // factor)))
+    img = ImageOps.exif_transpose(opened)
+    img.load()
+    img, scale = _reducible(img)
+    factor = math.ceil(math.sqrt(img.width * img.height / WORK_PIXELS))
+    if factor > 1:
+        img = img.reduce(factor)
+    if img.mode in ("RGBA", "LA"):  # transparent parts on white
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+    return (img if img.mode == "I" else img.convert("L")), scale
 
 
 def _reducible(img: Image.Image) -> tuple[Image.Image, float]:
