@@ -132,12 +132,11 @@ def _pyfunc_details(conf: Mapping[str, Any]) -> list[str]:
 
 def pickles_in(folder: Path) -> list[str]:
     """The pickles and code a downloaded model folder carries, as paths relative to it."""
-    found = [
+    return [
         p.relative_to(folder).as_posix()
         for p in sorted(folder.rglob("*"))
         if p.suffix.lower() in PICKLES or (p.is_dir() and p.name == "code")
     ]
-    return found
 
 
 def load_keras(path: Path, trust: bool = False, name: str | None = None) -> Predictor:
