@@ -427,9 +427,8 @@ def test_space_dimensions_are_checked_together(small_params: dict[str, Any]) -> 
     from digits.lib.config import ParamsError
 
     small_params["model"]["mlp"].update(depth=4, width=[20, 10, 6, 3])
-    check_sweep(
-        parse_params(small_params, schema=SweepParams)
-    )  # the space sets both depth and width
+    # the space sets both depth and width
+    checks.check_sweep(parse_params(small_params, schema=SweepParams))
     del small_params["sweep"]["space"]["model.mlp.width"]
     with pytest.raises(ParamsError, match=r"sweep\.space\.model\.mlp\.depth: width lists 4 layer"):
         checks.check_sweep(parse_params(small_params, schema=SweepParams))
