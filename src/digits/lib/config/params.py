@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -83,8 +83,9 @@ class Params(Strict):
             raise SettingProblems(problems)
         return self
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Params:
-        """A copy with dotted keys (`train.learning_rate`) replaced, validated like the file."""
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Self:
+        """A copy with dotted keys (`train.learning_rate`) replaced, validated like the file
+        against the same schema."""
         tree = self.model_dump()
         for key, value in overrides.items():
             set_dotted(tree, key, value)
