@@ -77,6 +77,10 @@ format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
+.PHONY: docs-config
+docs-config: setup ## Regenerate docs/configuration.md from the schema's field descriptions
+	python -m digits.tools.configdoc --write
+
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
 	@python -c 'from pathlib import Path; from digits.lib.config import load_params; \
 	  from digits.lib.tracking.runs import ui_address; \

@@ -26,6 +26,7 @@ from typing import Any
 
 from digits.lib.cli import stage_main
 from digits.lib.config import load_params
+from digits.lib.config.sweep import SweepParams
 from digits.lib.files import write_text
 from digits.tools import provenance
 from digits.tools.provenance import machine
@@ -311,8 +312,7 @@ def to_target(trials: Sequence[Any], target: float) -> dict[str, Any]:
 
 def sweep_variant(params: Path, name: str, workers: int, n_trials: int) -> dict[str, Any]:
     """Run (or resume) the study `bench-<name>` with the variant's sampler and pruner."""
-    from digits.lib.config import edit_params
-    from digits.lib.config import load_params as load
+    from digits.lib.config.edit import edit_params
     from digits.tools.sweep.study import FINISHED, open_study, storage_url
 
     root = params.resolve().parent
@@ -327,7 +327,7 @@ def sweep_variant(params: Path, name: str, workers: int, n_trials: int) -> dict[
         started = time.perf_counter()
         subprocess.run(command, env=env, check=True)
         wall = time.perf_counter() - started
-        cfg = load(variant)
+        cfg = load_params(variant, SweepParams)
         study = open_study(cfg, storage_url(cfg.sweep, root), f"bench-{name}", 0)
     finished = [t for t in study.trials if t.state.name in FINISHED]
     return {
@@ -419,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, SweepParams)
     if args.command == "overhead":
         result = overhead(args.params, args.data, args.raw, args.repeats)
         text = overhead_markdown(result, args.params)
