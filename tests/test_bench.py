@@ -14,6 +14,10 @@ import yaml
 
 from digits.lib.config import ParamsError, parse_params
 from digits.tools import bench, ladder, provenance
+from digits.tools.bench import cli, overhead, speed, sweep_efficiency
+from digits.tools.bench.overhead import Overhead, Run
+from digits.tools.bench.speed import Speed
+from digits.tools.bench.sweep_efficiency import Reach, VariantResult
 
 from helpers import ROOT, real_params
 
@@ -94,43 +98,76 @@ def trial(number: int, curve: list[float]) -> SimpleNamespace:
 
 def test_trials_and_epochs_are_counted_up_to_the_first_trial_at_the_target() -> None:
     trials = [trial(2, [0.97, 0.985]), trial(0, [0.9, 0.95, 0.96]), trial(1, [0.8])]
-    assert bench.to_target(trials, 0.984) == {"trials": 3, "epochs": 6, "trial": 2}
-    assert bench.to_target(trials, 0.99)["trials"] is None
+    assert sweep_efficiency.to_target(trials, 0.984) == Reach(trials=3, epochs=6, trial=2)
+    assert sweep_efficiency.to_target(trials, 0.99).trials is None
+
+
+def variant(reach: Reach, trials: int, epochs: int) -> VariantResult:
+    return VariantResult({}, 1.0, trials, epochs, 0.98, 0, reach)
 
 
 def test_the_ratio_is_a_lower_bound_when_random_search_never_gets_there() -> None:
-    tpe = {"to_target": {"trials": 4, "epochs": 40, "trial": 3}, "trials": 20, "epochs": 200}
-    both = {"to_target": {"trials": 8, "epochs": 120, "trial": 7}, "trials": 20, "epochs": 300}
-    never = {
-        "to_target": {"trials": None, "epochs": None, "trial": None},
-        "trials": 20,
-        "epochs": 300,
-    }
-    assert "**3.00x** the epochs (2.00x the trials)" in bench.efficiency_ratio(tpe, both)
-    assert "**more than 7.50x**" in bench.efficiency_ratio(tpe, never)
+    tpe = variant(Reach(trials=4, epochs=40, trial=3), 20, 200)
+    both = variant(Reach(trials=8, epochs=120, trial=7), 20, 300)
+    never = variant(Reach(trials=None, epochs=None, trial=None), 20, 300)
+    ratio = sweep_efficiency.efficiency_ratio
+    assert "**3.00x** the epochs (2.00x the trials)" in ratio(tpe, both)
+    assert "**more than 7.50x**" in ratio(tpe, never)
+    assert "no ratio" in ratio(never, both)
+
+
+def two_pairs() -> Overhead:
+    stage = [Run(wall=110.0, fit=100.0, val_accuracy=0.98), Run(121.0, 110.0, 0.98)]
+    bare = [Run(wall=104.0, fit=100.0, val_accuracy=0.98), Run(116.0, 110.0, 0.98)]
+    return Overhead(stage, bare, preprocess_seconds=[2.0], noop_repro_seconds=[])
 
 
 def test_the_overhead_section_splits_fixed_costs_from_the_fit() -> None:
-    runs = {
-        "stage": [{"wall": 110.0, "fit": 100.0}, {"wall": 121.0, "fit": 110.0}],
-        "bare": [{"wall": 104.0, "fit": 100.0}, {"wall": 116.0, "fit": 110.0}],
-    }
-    for kind in runs.values():
-        for run in kind:
-            run["val_accuracy"] = 0.98
-    result = {
-        "runs": runs,
-        "ratio_wall": 231 / 220,
-        "ratio_fit": 1.0,
-        "same_val_accuracy": True,
-        "preprocess_seconds": [2.0],
-        "noop_repro_seconds": [],
-    }
-    text = " ".join(bench.overhead_markdown(result, Path("params.yaml")).split())
+    result = two_pairs()
+    assert result.ratio_wall == 231 / 220 and result.ratio_fit == 1.0 and result.same_val_accuracy
+    text = " ".join(overhead.overhead_markdown(result, Path("params.yaml")).split())
+    assert "Wall-time ratio stage / bare: **1.050** over all runs (fit only: 1.000)" in text
     assert "run by run: 1.058, 1.043 (median 1.050)" in text
     assert "stage 10.50 s (runs: 10.00, 11.00), bare 5.00 s (runs: 4.00, 6.00)" in text
     assert "median 105.0 s in the stage, 105.0 s bare (ratio 1.000)" in text
     assert "No-op `dvc repro` (nothing changed): not timed." in text
+
+
+def test_the_stage_and_bare_keras_alternate_in_abba_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+
+    def fake(kind: str):
+        def run(*args: object) -> Run:
+            order.append(kind)
+            return Run(wall=float(len(order)), fit=1.0, val_accuracy=0.5)
+
+        return run
+
+    monkeypatch.setattr(overhead, "stage_run", fake("stage"))
+    monkeypatch.setattr(overhead, "bare_run", fake("bare"))
+    runs = overhead.alternate(Path("p"), Path("d"), tmp_path, {}, repeats=4)
+    assert order == ["stage", "bare", "bare", "stage", "stage", "bare", "bare", "stage"]
+    assert [r.wall for r in runs["stage"]] == [1.0, 4.0, 5.0, 8.0]
+    assert [r.wall for r in runs["bare"]] == [2.0, 3.0, 6.0, 7.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "read"),
+    [
+        ("overhead", Overhead.from_json),
+        ("speed", Speed.from_json),
+        ("sweep", lambda d: {k: VariantResult.from_json(v) for k, v in d.items()}),
+    ],
+)
+def test_the_typed_results_write_the_committed_files_layout(name: str, read) -> None:
+    """benchpage renders docs/benchmarks.md from these files: same keys, nesting and order."""
+    recorded = json.loads((ROOT / "reports" / "bench" / f"{name}.json").read_text())
+    del recorded["provenance"]
+    result = read(recorded)
+    written = result.as_json() if name != "sweep" else {k: v.as_json() for k, v in result.items()}
+    assert json.dumps(written, indent=2) == json.dumps(recorded, indent=2)
 
 
 def test_flops_of_the_keras_example_cnn() -> None:
@@ -143,22 +180,24 @@ def test_flops_of_the_keras_example_cnn() -> None:
 
     params = parse_params(raw)
     macs = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 5 * 5 * 64 * 10
-    assert bench.forward_flops(build_model(params.model)) == 2 * macs
-    flops = bench.run_flops(params, n_train=100, n_val=10, epochs=2)
-    assert flops["train_mflop_per_image"] == pytest.approx(3 * 2 * macs / 1e6)
-    assert flops["run_tflop"] == pytest.approx(2 * (100 * 6 * macs + 10 * 2 * macs) / 1e12)
+    assert speed.forward_flops(build_model(params.model)) == 2 * macs
+    flops = speed.run_flops(params, n_train=100, n_val=10, epochs=2)
+    assert flops.train_mflop_per_image == pytest.approx(3 * 2 * macs / 1e6)
+    assert flops.run_tflop == pytest.approx(2 * (100 * 6 * macs + 10 * 2 * macs) / 1e12)
 
 
 def test_bench_records_the_command_machine_and_day_with_its_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bench, "overhead", lambda *args: {"figures": "measured"})
-    monkeypatch.setattr(bench, "overhead_markdown", lambda *args: "table\n")
+    monkeypatch.setattr(cli, "measure_overhead", lambda *args: two_pairs())
+    monkeypatch.setattr(cli, "overhead_markdown", lambda *args: "table\n")
     argv = ["--params", str(ROOT / "params.yaml"), "--out", str(tmp_path)]
     argv += ["overhead", "--repeats", "2"]
     bench.main.__wrapped__(argv)
     record = json.loads((tmp_path / "overhead.json").read_text())
-    assert record["figures"] == "measured"
+    assert record["runs"]["bare"][1] == {"wall": 116.0, "fit": 110.0, "val_accuracy": 0.98}
+    assert record["ratio_wall"] == 231 / 220 and record["noop_repro_seconds"] == []
+    assert (tmp_path / "overhead.md").read_text() == "table\n"
     found = provenance.read(record)
     assert found is not None
     assert shlex.split(found.command) == ["python", "-m", "digits.tools.bench", *argv]
@@ -174,3 +213,24 @@ def test_a_rung_records_the_dvc_command_it_ran(monkeypatch: pytest.MonkeyPatch) 
     assert result["accuracy"] == 95.0 and found is not None
     assert shlex.split(found.command) == ladder.exp_command(rung)
     assert found.date == date.today().isoformat() and "CPU cores" in found.machine
+
+
+def test_the_sweep_command_writes_each_variant_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = json.loads((ROOT / "reports" / "bench" / "sweep.json").read_text())
+    del recorded["provenance"]
+    calls = []
+
+    def compare(params: Path, workers: int, n_trials: int) -> dict[str, VariantResult]:
+        calls.append((workers, n_trials))
+        return {k: VariantResult.from_json(v) for k, v in recorded.items()}
+
+    monkeypatch.setattr(cli, "compare_sweeps", compare)
+    argv = ["--params", str(ROOT / "params.yaml"), "--out", str(tmp_path), "sweep"]
+    bench.main.__wrapped__([*argv, "--workers", "3", "--n-trials", "7"])
+    written = json.loads((tmp_path / "sweep.json").read_text())
+    assert calls == [(3, 7)]
+    assert list(written) == [*recorded, "provenance"]
+    assert {k: written[k] for k in recorded} == recorded
+    assert "| tpe-pruned | 40 (18 pruned) | 399 |" in (tmp_path / "sweep.md").read_text()

@@ -22,7 +22,8 @@ from typing import Any
 
 from digits.lib.config import load_params
 from digits.lib.files import write_text
-from digits.tools import bench, ladder, provenance
+from digits.tools import ladder, provenance
+from digits.tools.bench.sweep_efficiency import TARGET, VARIANTS, VariantResult, efficiency_ratio
 from digits.tools.provenance import Provenance
 
 PAGE = Path("docs/benchmarks.md")
@@ -154,16 +155,17 @@ stage, `model.fit` in the bare script. Full output: `reports/bench/overhead.md`.
 
 def sweep_section(result: Mapping[str, Any], found: Provenance) -> Section:
     """TPE with pruning against random search without: trials and epochs to the target."""
-    target = f"{100 * bench.TARGET:.1f}%"
+    target = f"{100 * TARGET:.1f}%"
     rows = []
-    for name in bench.VARIANTS:
+    for name in VARIANTS:
         r, reach = result[name], result[name]["to_target"]
         reached = f"trial {reach['trial']}: {reach['trials']} trials, {reach['epochs']} epochs"
         rows.append(
             f"| {name} | {r['trials']} ({r['pruned']} pruned) | {r['epochs']} "
             f"| {100 * r['best_val_accuracy']:.2f}% | {reached if reach['trials'] else 'never'} |"
         )
-    ratio = bench.efficiency_ratio(result["tpe-pruned"], result["random-unpruned"])
+    typed = {name: VariantResult.from_json(result[name]) for name in VARIANTS}
+    ratio = efficiency_ratio(typed["tpe-pruned"], typed["random-unpruned"])
     text = f"""## Sweep efficiency: TPE with median pruning against random search without
 
 The same `sweep:` settings and seed for both studies; only the sampler and the pruner differ.
