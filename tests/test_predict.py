@@ -420,9 +420,11 @@ def test_mlflow_model_uris(
     import mlflow
 
     from digits.lib.config import MLflowConfig
+    from digits.lib.environment import Environment
     from digits.lib.tracking import logged_model, runs
+    from digits.lib.tracking.store import setup
 
-    runs.setup(MLflowConfig(), mlflow_store)
+    setup(MLflowConfig(), mlflow_store, Environment.read())
     x, _ = training_digits(5, seed=4)
     with runs.tracked_run() as run_:
         logged_model.log_keras_model(keras.saving.load_model(model_file), x)

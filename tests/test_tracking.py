@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from digits.lib.config import MLflowConfig
+from digits.lib.environment import Environment
 from digits.lib.tracking import runs
+from digits.lib.tracking.store import setup
 
 from helpers import fresh_store, real_params, shrink, stage_env
 
@@ -24,7 +26,7 @@ BIN = Path(sys.executable).parent
 def store(tmp_path: Path, store_template: Path):
     import mlflow
 
-    runs.setup(MLflowConfig(), fresh_store(tmp_path, store_template).parent)
+    setup(MLflowConfig(), fresh_store(tmp_path, store_template).parent, Environment.read())
     yield mlflow.MlflowClient()
     mlflow.set_tracking_uri(None)
 
@@ -117,5 +119,5 @@ def test_setup_when_another_process_creates_the_experiment_first(store, tmp_path
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mlflow, "get_experiment_by_name", before_the_other)
-        experiment_id = runs.setup(MLflowConfig(), tmp_path)
+        experiment_id = setup(MLflowConfig(), tmp_path, Environment.read())
     assert len(looks) == 2 and experiment_id == real("mnist").experiment_id

@@ -75,9 +75,10 @@ def overhead(params: Path, data: Path, raw: Path, repeats: int) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
         # the stage logs to a throw-away MLflow store, created here before any timing
-        from digits.lib.tracking import runs as tracking
+        from digits.lib.environment import Environment
+        from digits.lib.tracking.store import setup
 
-        tracking.setup(load_params(params).mlflow, out)
+        setup(load_params(params).mlflow, out, Environment(dvc_root=out))
         env = {**os.environ, "DVC_ROOT": str(out), "TF_CPP_MIN_LOG_LEVEL": "3"}
         env.pop("MLFLOW_TRACKING_URI", None)  # the stage finds the same store via DVC_ROOT
         for i in range(repeats):
@@ -222,14 +223,15 @@ def speed(params_path: Path, data: Path, rungs_path: Path, only: Sequence[str]) 
     rung), after keras-io's example CNN in the same run, so the ratio compares runs on the same
     machine minutes apart. The rungs' figures also go to the ladder's results and table."""
     from digits.lib.data import load_split
-    from digits.lib.files import project_root
-    from digits.lib.tracking import runs
+    from digits.lib.environment import Environment
+    from digits.lib.tracking.store import setup
     from digits.tools import ladder
 
     params = load_params(params_path)
     every = ladder.load_rungs(rungs_path, params)
     rungs = [r for r in every if any(o in r.name for o in only)]
-    runs.setup(params.mlflow, project_root(params_path))
+    environment = Environment.read()
+    setup(params.mlflow, environment.project_root(params_path), environment)
     n_train, n_val = len(load_split(data / "train.npz")), len(load_split(data / "val.npz"))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     load = os.getloadavg()[0]

@@ -500,15 +500,16 @@ def load_predictor(
         import mlflow
 
         from digits.lib.config import MLflowConfig, load_params
-        from digits.lib.files import project_root
-        from digits.lib.tracking import runs
+        from digits.lib.environment import Environment
+        from digits.lib.tracking.store import check_reachable, tracking_uri
 
-        if params.exists() or not os.environ.get("MLFLOW_TRACKING_URI"):
+        env = Environment.read()
+        if params.exists() or not env.tracking_uri:
             cfg = load_params(params).mlflow
         else:  # the environment names the store; no params.yaml needed
             cfg = MLflowConfig()
-        uri = runs.tracking_uri(cfg, project_root(params))
-        runs.check_reachable(uri)
+        uri = tracking_uri(cfg, env.project_root(params), env)
+        check_reachable(uri)
         mlflow.set_tracking_uri(uri)
         return _pyfunc_predictor(model, f"tracking store {uri}")
     check_model(model)

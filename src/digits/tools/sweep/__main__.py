@@ -8,7 +8,7 @@ from pathlib import Path
 
 from digits.lib.cli import stage_main
 from digits.lib.config import ParamsError, SweepConfig, edit_params, load_params
-from digits.lib.files import project_root
+from digits.lib.environment import Environment
 from digits.tools.sweep.study import SweepOptions, count_trials, redact, storage_url
 
 
@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
     cfg = params.sweep.choose(args.space)
     params = params.model_copy(update={"sweep": cfg})
-    url = storage_url(cfg, project_root(args.params), args.storage)
+    env = Environment.read()
+    url = storage_url(cfg, env.project_root(args.params), args.storage)
     if args.command == "storage":
         print(url if args.show_password else redact(url))
         return
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=workers,
         space=args.space,
         timeout=getattr(args, "timeout", None) or cfg.timeout,
+        env=env,
     )
     from digits.tools.sweep import workers
     from digits.tools.sweep.results import count_trials_line
