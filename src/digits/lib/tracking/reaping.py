@@ -72,10 +72,10 @@ def keep_alive(run_id: str, grace: float) -> None:
 class Heartbeat:
     """`keep_alive` for a run every `interval` seconds, from a daemon thread, until `stop`."""
 
-    def __init__(
-        self, run_id: str, interval: float = HEARTBEAT_SECONDS, grace: float = HEARTBEAT_GRACE
-    ) -> None:
-        self.run_id, self.interval, self.grace = run_id, interval, grace
+    def __init__(self, run_id: str, interval: float | None = None, grace: float | None = None):
+        self.run_id = run_id
+        self.interval = HEARTBEAT_SECONDS if interval is None else interval
+        self.grace = HEARTBEAT_GRACE if grace is None else grace
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="run-heartbeat", daemon=True)
 

@@ -15,7 +15,7 @@ import mlflow
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
 from digits.lib.environment import Environment
-from digits.lib.files import disk_full, is_disk_full
+from digits.lib.files import STORE_FULL, disk_full, is_disk_full
 from digits.lib.secrets import redact_text
 from digits.lib.tracking.reaping import close_dead_runs
 from digits.lib.urls import check_database, is_database_url
@@ -64,7 +64,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def store_path(uri: str) -> str:
     """The file a SQLite store lives in; any other store by its (redacted) URI."""
-    return uri[len(SQLITE) - 1 :] if uri.startswith(SQLITE) else redact_text(uri)
+    return uri[len(SQLITE) :] if uri.startswith(SQLITE) else redact_text(uri)
 
 
 @contextlib.contextmanager
@@ -79,21 +79,26 @@ def reporting_store_full() -> Iterator[None]:
         raise disk_full(store_path(mlflow.get_tracking_uri())) from None
 
 
+# the MLflow modules that log a full store's error (with its traceback) before raising it, or
+# instead of raising it (the thread that writes queued metrics)
+STORE_FULL_LOGGERS = ("mlflow.store.db.utils", "mlflow.utils.async_logging.async_logging_queue")
+
+
 class _QuietStoreFull(logging.Filter):
-    """Drop the traceback MLflow logs before it raises a full store's error: the stage reports
-    that error itself, in one `error:` line."""
+    """Drop MLflow's own reports of a full store: the stage reports it itself, in one `error:`
+    line with the path and the free space."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] and is_disk_full(record.exc_info[1]):
-            record.exc_info = None
-            record.exc_text = None
-        return True
+        error = record.exc_info[1] if record.exc_info else None
+        full = (error is not None and is_disk_full(error)) or STORE_FULL in record.getMessage()
+        return not full
 
 
 def _quiet_store_full() -> None:
-    logger = logging.getLogger("mlflow.store.db.utils")
-    if not any(isinstance(f, _QuietStoreFull) for f in logger.filters):
-        logger.addFilter(_QuietStoreFull())
+    for name in STORE_FULL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietStoreFull) for f in logger.filters):
+            logger.addFilter(_QuietStoreFull())
 
 
 def setup(cfg: MLflowConfig, root: Path, env: Environment) -> str:
@@ -119,9 +124,12 @@ def _experiment(cfg: MLflowConfig, root: Path, uri: str) -> str:
     if experiment is None:
         local = urlparse(uri).scheme not in REMOTE_SCHEMES
         location = (root / cfg.artifact_location).resolve().as_uri() if local else None
-        # another process (a second sweep host) may create it in the same instant
-        with contextlib.suppress(mlflow.exceptions.MlflowException):
+        try:
             mlflow.create_experiment(cfg.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException as err:
+            if is_disk_full(err):
+                raise
+            # else another process (a second sweep host) created it in the same instant
         experiment = mlflow.get_experiment_by_name(cfg.experiment)
         if experiment is None:
             raise TrackingError(f"could not create MLflow experiment {cfg.experiment!r}")
