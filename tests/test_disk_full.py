@@ -216,7 +216,8 @@ def test_a_full_sqlite_store_ends_like_a_full_disk(
 ) -> None:
     """SQLite says "database or disk is full" (no OSError): the stage still ends with one
     `error:` naming the store's file and the free space, no traceback, no outputs, and the run
-    never FINISHED. The store fills at its first write, or after the fit."""
+    FAILED. One write fails, the stage's first or the first after the fit; the space is freed
+    right after (so the run can still be ended, as the next stage would end it)."""
     import sqlalchemy.orm
 
     from digits.lib import training
@@ -225,7 +226,10 @@ def test_a_full_sqlite_store_ends_like_a_full_disk(
     real_commit, real_fit = sqlalchemy.orm.Session.commit, training.fit_logged
 
     def commit(self):
-        return store_full() if full["now"] else real_commit(self)
+        if full["now"]:
+            full["now"] = False
+            store_full()
+        return real_commit(self)
 
     def fit_then_fill(*args, **kwargs):
         result = real_fit(*args, **kwargs)
@@ -235,7 +239,6 @@ def test_a_full_sqlite_store_ends_like_a_full_disk(
     monkeypatch.setattr(sqlalchemy.orm.Session, "commit", commit)
     monkeypatch.setattr(training, "fit_logged", fit_then_fill)
     code, err = train_stage(tmp_path, mirror, processed, capsys, store_template)
-    full["now"] = False
     assert code == 1
     store = re.escape(str(tmp_path / "mlflow.db"))
     assert re.search(rf"^error: no space left on the device writing {store} {FREE}", err, re.M)
@@ -244,7 +247,9 @@ def test_a_full_sqlite_store_ends_like_a_full_disk(
     assert no_outputs(tmp_path) == []
     assert [p.name for p in tmp_path.rglob(".*.tmp.*")] == []
     if when == "mid-run":
-        assert the_run(tmp_path).info.status != "FINISHED"
+        run = the_run(tmp_path)
+        assert run.info.status == "FAILED"
+        assert "database or disk is full" in run.data.tags["failure_reason"]
 
 
 @pytest.fixture
