@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 PROCESS_TAG = "process"  # process_id() of the process that has the run open
 ALIVE_TAG = "process.alive_until"  # Unix time; see keep_alive
 FAILURE_REASON = "failure_reason"
-HEARTBEAT_SECONDS = 60.0  # how often a live run renews its ALIVE_TAG
-# how long past its last beat a run counts as alive: several missed beats, and hosts' clocks
-# may disagree by less than this
-HEARTBEAT_GRACE = 10 * HEARTBEAT_SECONDS
+HEARTBEAT_SECONDS = 60.0  # how often a live run renews its ALIVE_TAG, unless told otherwise
+# a run counts as alive this many beats past its last one (as the sweep's trials: Optuna's
+# grace is 2 to 3 heartbeats); hosts' clocks must agree within that
+GRACE_BEATS = 3
 
 
 def close_dead_runs(
@@ -70,12 +70,13 @@ def keep_alive(run_id: str, grace: float) -> None:
 
 
 class Heartbeat:
-    """`keep_alive` for a run every `interval` seconds, from a daemon thread, until `stop`."""
+    """`keep_alive` for a run every `interval` seconds (HEARTBEAT_SECONDS by default), with a
+    grace of GRACE_BEATS beats, from a daemon thread, until `stop`."""
 
-    def __init__(self, run_id: str, interval: float | None = None, grace: float | None = None):
+    def __init__(self, run_id: str, interval: float | None = None) -> None:
         self.run_id = run_id
         self.interval = HEARTBEAT_SECONDS if interval is None else interval
-        self.grace = HEARTBEAT_GRACE if grace is None else grace
+        self.grace = GRACE_BEATS * self.interval
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="run-heartbeat", daemon=True)
 

@@ -25,31 +25,33 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def tracked_run(**start_run_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(
+    heartbeat: float | None = None, **start_run_kwargs: Any
+) -> Iterator[mlflow.ActiveRun]:
     """`mlflow.start_run` that always ends: FINISHED, FAILED (reason in tag `failure_reason`) or
     KILLED on Ctrl-C / SIGTERM, never left RUNNING. While open, the run names its process and
-    beats (`Heartbeat`), so that if this host dies any other process ends it FAILED. A full
-    store raises the DiskFullError a full disk gives."""
+    beats every `heartbeat` seconds (`Heartbeat`), so that if this host dies any other process
+    ends it FAILED. A full store raises the DiskFullError a full disk gives."""
     with reporting_store_full():
         run = mlflow.start_run(**start_run_kwargs)
         previous = signal.getsignal(signal.SIGTERM)
-        heartbeat = None
+        beating = None
         try:
             if previous in (signal.SIG_DFL, None):  # unless the program handles SIGTERM itself
                 with contextlib.suppress(ValueError):  # only the main thread may set handlers
                     signal.signal(signal.SIGTERM, _raise_interrupt)
             mlflow.set_tag(PROCESS_TAG, process_id())
-            heartbeat = Heartbeat(run.info.run_id).start()
+            beating = Heartbeat(run.info.run_id, heartbeat).start()
             yield run
         except KeyboardInterrupt:
-            _end(run, heartbeat, "KILLED", "interrupted")
+            _end(run, beating, "KILLED", "interrupted")
             raise
         except BaseException as err:
-            _end(run, heartbeat, "FAILED", redact_text(f"{type(err).__name__}: {err}")[:5000])
+            _end(run, beating, "FAILED", redact_text(f"{type(err).__name__}: {err}")[:5000])
             raise
         else:
-            if heartbeat is not None:
-                heartbeat.stop()
+            if beating is not None:
+                beating.stop()
             mlflow.end_run("FINISHED")
         finally:
             if previous in (signal.SIG_DFL, None):

@@ -263,7 +263,8 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
 
     tags = {"optuna.study": opts.study, "optuna.storage": redact(opts.storage), "sweep": "parent"}
     tags["optuna.pruning"] = reason or ("off" if params.sweep.pruner == "none" else "on")
-    with runs.tracked_run(run_name=f"sweep-{opts.study}", tags=tags) as parent:
+    beats = params.sweep.heartbeat  # as `beat` below: both promise 3 beats
+    with runs.tracked_run(beats, run_name=f"sweep-{opts.study}", tags=tags) as parent:
         mlflow.log_params(
             {
                 f"sweep.{k}": v
