@@ -184,7 +184,7 @@ import socket, sys, time
 socket.gethostname = lambda: "vanished-host"  # a process on another machine
 import mlflow
 from digits.lib.tracking import reaping, runs
-reaping.HEARTBEAT_SECONDS = 1.0  # a grace of 3 s
+reaping.HEARTBEAT_SECONDS = 2.0  # a grace of 6 s
 mlflow.set_tracking_uri(sys.argv[1])
 mlflow.set_experiment(experiment_id=sys.argv[2])
 with runs.tracked_run() as run:

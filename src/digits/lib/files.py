@@ -9,7 +9,6 @@ import errno
 import json
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,7 +97,7 @@ def temp_beside(path: Path) -> tuple[int, Path]:
     remove_dead_temps(path.parent)
     writer = process_id()
     while True:
-        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp.{writer}{path.suffix}"
+        tmp = path.parent / f".{path.stem}.{os.urandom(4).hex()}.tmp.{writer}{path.suffix}"
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             return os.open(tmp, flags, 0o666), tmp
