@@ -12,20 +12,34 @@ SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
 ARTIFACTS ?= server-artifacts
 SERVER_WORKERS ?= 1
 
-.PHONY: help setup repro push pull test test-all test-integration test-browser test-hosts lint format ui server repeat sweep promote dashboard ladder bench predict clean
+.PHONY: help setup lock repro push pull test test-all test-integration test-browser test-hosts lint format ui server repeat sweep promote dashboard ladder bench bench-page predict clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 	@echo "Offline? MNIST_MIRROR=/folder/with/the/four/.gz/files make repro"
 
-$(BIN)/.installed: pyproject.toml
+# uv installs requirements.lock: every package pinned, each file checked against its sha256.
+# uv itself comes from pip, so the machine's pip settings (index, mirror, certificates) apply.
+UV_VERSION := 0.13.9
+LOCK := requirements.lock
+UV := $(BIN)/uv
+
+$(BIN)/.uv-$(UV_VERSION):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install -qq uv==$(UV_VERSION)
 	touch $@
 
-setup: $(BIN)/.installed ## Create .venv and install the pinned dependencies (about 2 minutes)
+$(BIN)/.installed: $(LOCK) pyproject.toml | $(BIN)/.uv-$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+setup: $(BIN)/.installed ## Create .venv and install requirements.lock's pinned packages (about 20 s)
+
+lock: | $(BIN)/.uv-$(UV_VERSION) ## Re-pin requirements.lock from pyproject.toml (keeps each pin that still fits)
+	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' --quiet -o $(LOCK)
 
 repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluate -> report
 	dvc repro
@@ -55,9 +69,17 @@ lint: setup ## ruff check and format check
 	ruff check .
 	ruff format --check .
 
+.PHONY: docs
+docs: setup ## Build the documentation site with mkdocs (--strict: a broken link fails) -> site/
+	mkdocs build --strict --site-dir site
+
 format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
+
+.PHONY: docs-config
+docs-config: setup ## Regenerate docs/configuration.md from the schema's field descriptions
+	python -m digits.tools.configdoc --write
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
 	@python -c 'from pathlib import Path; from digits.lib.config import load_params; \
@@ -96,11 +118,16 @@ dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:80
 ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~1 h)
 	dvc repro preprocess
 	python -m digits.tools.ladder $(if $(ONLY),--only $(ONLY))
+	python -m digits.tools.benchpage --write
 
 bench: setup ## Train stage vs bare Keras, TPE+pruning vs random sweeps (N_TRIALS= WORKERS=) -> reports/bench/ (~1 h)
 	dvc repro
 	python -m digits.tools.bench overhead
 	python -m digits.tools.bench sweep $(if $(WORKERS),--workers $(WORKERS)) $(if $(N_TRIALS),--n-trials $(N_TRIALS))
+	python -m digits.tools.benchpage --write
+
+bench-page: setup ## Rewrite docs/benchmarks.md from reports/ladder.json and reports/bench/*.json
+	python -m digits.tools.benchpage --write
 
 predict: setup ## Predict digits: make predict FILES="a.png b.jpg batch.npy" [MODEL=models:/mnist-digits@champion] [TRUST=1]
 	@test -n "$(FILES)" || { echo 'usage: make predict FILES="a.png b.npy" [MODEL=path-or-uri] [TOP=3] [TRUST=1]'; exit 2; }

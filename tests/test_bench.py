@@ -3,6 +3,9 @@ sweep comparison counts trials and epochs to the target the way it says."""
 
 from __future__ import annotations
 
+import json
+import shlex
+from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +13,7 @@ import pytest
 import yaml
 
 from digits.lib.config import ParamsError, parse_params
-from digits.tools import bench, ladder
+from digits.tools import bench, ladder, provenance
 
 from helpers import ROOT, real_params
 
@@ -144,3 +147,30 @@ def test_flops_of_the_keras_example_cnn() -> None:
     flops = bench.run_flops(params, n_train=100, n_val=10, epochs=2)
     assert flops["train_mflop_per_image"] == pytest.approx(3 * 2 * macs / 1e6)
     assert flops["run_tflop"] == pytest.approx(2 * (100 * 6 * macs + 10 * 2 * macs) / 1e12)
+
+
+def test_bench_records_the_command_machine_and_day_with_its_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench, "overhead", lambda *args: {"figures": "measured"})
+    monkeypatch.setattr(bench, "overhead_markdown", lambda *args: "table\n")
+    argv = ["--params", str(ROOT / "params.yaml"), "--out", str(tmp_path)]
+    argv += ["overhead", "--repeats", "2"]
+    bench.main.__wrapped__(argv)
+    record = json.loads((tmp_path / "overhead.json").read_text())
+    assert record["figures"] == "measured"
+    found = provenance.read(record)
+    assert found is not None
+    assert shlex.split(found.command) == ["python", "-m", "digits.tools.bench", *argv]
+    assert (found.machine, found.date) == (provenance.machine(), date.today().isoformat())
+
+
+def test_a_rung_records_the_dvc_command_it_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    rung = ladder.Rung(name="quick", reference=90, set={"train.epochs": 1})
+    monkeypatch.setattr(ladder, "run_rung", lambda run: 30.0)
+    monkeypatch.setattr(ladder, "rung_result", lambda run, experiment: {"accuracy": 95.0})
+    result = ladder.measure(rung, parse_params(real_params()))
+    found = provenance.read(result)
+    assert result["accuracy"] == 95.0 and found is not None
+    assert shlex.split(found.command) == ladder.exp_command(rung)
+    assert found.date == date.today().isoformat() and "CPU cores" in found.machine

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from digits.lib.config import ParamsError, load_params, parse_params, run_params
+from digits.lib.config import Params, ParamsError, Problem, flatten, load_params, parse_params
+from digits.lib.config.runparams import run_params
+from digits.lib.config.sweep import SweepParams
 
 from helpers import ROOT, real_params, run_without_tensorflow
 
@@ -117,12 +120,13 @@ def test_duplicate_key_in_a_nested_list_item(tmp_path: Path) -> None:
 def test_seeds_are_bounded_to_what_numpy_and_tensorflow_take(
     section: str, key: str, value: int
 ) -> None:
+    schema = SweepParams if section == "sweep" else Params
     raw = real_params()
     raw[section][key] = value
     with pytest.raises(ParamsError, match=rf"{section}\.{key}: Input should be"):
-        parse_params(raw)
+        parse_params(raw, schema=schema)
     raw[section][key] = 2**32 - 1
-    parse_params(raw)  # the top of the range is fine
+    parse_params(raw, schema=schema)  # the top of the range is fine
     import numpy as np
 
     np.random.RandomState(2**32 - 1)  # and numpy agrees it is
@@ -155,11 +159,12 @@ def test_sizes_have_upper_bounds(path: str, value) -> None:
 
 def test_a_network_too_big_is_refused_with_its_parameter_count(tmp_path: Path) -> None:
     """Every width within its bound, but 16 layers of 65,536 units: ~68.7 billion weights."""
-    from digits.lib.config import MAX_PARAMS, MLPConfig, ModelConfig, estimate_params
+    from digits.lib.architecture import count_params
+    from digits.lib.config import MAX_PARAMS, MLPConfig, ModelConfig
 
     raw = real_params()
     raw["model"]["mlp"].update(depth=16, width=65_536)
-    expected = estimate_params(ModelConfig(mlp=MLPConfig(depth=16, width=65_536)))
+    expected = count_params(ModelConfig(mlp=MLPConfig(depth=16, width=65_536)))
     assert expected > MAX_PARAMS
     with pytest.raises(ParamsError) as err:
         parse_params(raw)
@@ -174,17 +179,18 @@ def test_a_network_too_big_is_refused_with_its_parameter_count(tmp_path: Path) -
 def test_a_network_bigger_than_this_machine_is_refused_before_tensorflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from digits.lib.config import ModelConfig, estimate_params
+    from digits.lib.architecture import count_params
+    from digits.lib.config import ModelConfig
     from digits.stages import train
 
     params = parse_params(real_params())
-    n = estimate_params(params.model)
+    n = count_params(params.model)
     monkeypatch.setattr(train, "physical_memory", lambda: 16 * n // 2)  # half what it needs
     with pytest.raises(ParamsError, match=rf"~{n:,} parameters.*GB of memory to train"):
         train.check_fits_memory(params.model)
     monkeypatch.setattr(train, "physical_memory", lambda: 16 * n * 4)
     train.check_fits_memory(params.model)
-    assert estimate_params(ModelConfig(type="softmax")) == 7850
+    assert count_params(ModelConfig(type="softmax")) == 7850
 
 
 def test_download_sizes_default_to_real_mnist_and_params_yaml() -> None:
@@ -225,3 +231,126 @@ def test_valid_padding_that_shrinks_the_image_to_nothing_is_refused() -> None:
         parse_params(raw)
     raw["model"]["cnn"]["padding"] = "same"
     parse_params(raw)
+
+
+# --- strict YAML: anchors and aliases, non-finite floats, lines (issue 26 item 7) -------------
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"), [("x: &a [*a]\n", 1), ("train: {}\n" + ALIAS_BOMB, 2)], ids=["self", "bomb"]
+)
+def test_anchors_and_aliases_are_refused_at_once_with_their_line(
+    tmp_path: Path, text: str, line: int
+) -> None:
+    (tmp_path / "params.yaml").write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(ParamsError, match=rf"params.yaml: line {line}: YAML anchors and aliases"):
+        load_params(tmp_path / "params.yaml")
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_stage_given_an_alias_bomb_answers_with_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(ALIAS_BOMB)
+    stdout, stderr = run_without_tensorflow("digits.stages.train", TRAIN_ARGV, tmp_path)
+    assert stdout.splitlines()[-2:] == ["exit 1", "[]"], stderr
+    assert stderr.startswith("error: params.yaml: line 1: YAML anchors"), stderr
+    assert "Traceback" not in stderr and "RecursionError" not in stderr
+
+
+def test_edit_params_refuses_an_alias_and_changes_nothing(tmp_path: Path) -> None:
+    from digits.lib.config.edit import edit_params
+
+    text = (ROOT / "params.yaml").read_text().replace("seed: 42\n", "seed: &s 42\n", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match="anchors and aliases"):
+        edit_params(tmp_path / "params.yaml", {"train.epochs": 3})
+    assert (tmp_path / "params.yaml").read_text() == text
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("sweep.heartbeat", ".inf"), ("train.learning_rate", ".nan"), ("download.timeout", ".inf")],
+)
+def test_every_float_is_finite(tmp_path: Path, key: str, value: str) -> None:
+    section, leaf = key.split(".")
+    lines = (ROOT / "params.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{section}:"))
+    at = next(i for i in range(start, len(lines)) if lines[i].strip().startswith(f"{leaf}:"))
+    lines[at] = f"  {leaf}: {value}"
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(tmp_path / "params.yaml", SweepParams)
+    assert f"line {at + 1}: {key}: Input should be a finite number" in str(err.value)
+
+
+def test_problems_are_values_with_their_full_key() -> None:
+    """Built from pydantic's structured errors: a rule across keys names each key it blames."""
+    raw = real_params()
+    raw["model"]["type"] = "numpy_mlp"
+    raw["model"]["mlp"]["width"] = [8]  # depth 2: a rule of the section, at its own key
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert (
+        Problem(
+            "model.mlp",
+            "width lists 1 layer sizes but depth is 2; give one size per "
+            "hidden layer or a single int",
+        )
+        in err.value.problems
+    )
+    raw["model"].update(dtype_policy="mixed_bfloat16")
+    raw["model"]["mlp"]["width"] = 8
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    keys = [p.key for p in err.value.problems]
+    assert keys == ["train.optimizer", "train.lr_schedule", "model.dtype_policy"]
+    assert "Value error" not in str(err.value)
+
+
+# --- one job per module: what the stages depend on; the generated reference ------------------
+
+
+def test_no_stage_depends_on_the_sweep_or_on_editing() -> None:
+    """Editing the sweep's schema, its checks or the params editor reruns no stage."""
+    import yaml as pyyaml
+
+    from digits.tools import stagedeps
+
+    pipeline = pyyaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for stage, files in stagedeps.expected_deps(ROOT, pipeline).items():
+        code = {f: (ROOT / f).read_text() for f in files}
+        for marker in ("class SweepConfig", "def edit_params", "def space_problems"):
+            assert not [f for f, text in code.items() if marker in text], (stage, marker)
+
+
+def test_configuration_reference_is_current_and_complete() -> None:
+    from digits.tools import configdoc
+
+    assert configdoc.undocumented() == []
+    text = configdoc.render()
+    assert text == (ROOT / "docs/configuration.md").read_text(), "run `make docs-config`"
+    raw = real_params()
+    for key in flatten({k: v for k, v in raw.items() if k != "sweep"}):
+        if not key.startswith(("download.files.", "download.sizes.")):
+            assert text.count(f"| `{key}` |") == 1, key
+    for key in raw["sweep"]:
+        assert f"`sweep.{key}" in text, key
+
+
+def test_a_field_without_a_description_is_named() -> None:
+    from pydantic import BaseModel, Field
+
+    from digits.tools import configdoc
+
+    class Section(BaseModel):
+        told: int = Field(default=1, description="Said.")
+        untold: int = 2
+
+    class Root(BaseModel):
+        section: Section = Field(default=Section(), description="A section.")
+
+    assert configdoc.undocumented(Root) == ["section.untold"]

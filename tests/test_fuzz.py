@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from digits.lib.idx import IdxError, parse_idx, read_idx, read_labels
-from digits.tools.predict import InputError, decode_image, npy_rows, parse_npy, to_mnist
+from digits.lib.images import InputError
+from digits.lib.inputs import decode_rows
 
 EVERYDAY = {"idx": 700, "idx_gz": 200, "image": 1000, "npy": 700}
 
@@ -165,13 +166,18 @@ def image_bytes(draw: st.DrawFn) -> bytes:
     return data
 
 
+def rows_of(data: bytes, name: str) -> np.ndarray:
+    """The rows `predict` reads from a file of these bytes named `name`, all chunks together."""
+    return np.concatenate([chunk.rows for chunk in decode_rows(data, name)])
+
+
 def image_property(data: bytes) -> None:
     try:
-        digit = to_mnist(decode_image(data))
+        rows = rows_of(data, "image")
     except InputError:
         return
-    assert digit.shape == (28, 28) and digit.dtype == np.float32
-    assert np.isfinite(digit).all() and digit.min() >= 0 and digit.max() <= 1
+    assert rows.shape == (1, 784) and rows.dtype == np.float32
+    assert np.isfinite(rows).all() and rows.min() >= 0 and rows.max() <= 1
 
 
 test_image_loader = fuzz(EVERYDAY["image"])(given(image_bytes())(image_property))
@@ -224,7 +230,7 @@ def npy_bytes(draw: st.DrawFn) -> bytes:
 
 def npy_property(data: bytes) -> None:
     try:
-        rows = npy_rows(parse_npy(data))
+        rows = rows_of(data, "batch.npy")
     except InputError:
         return
     assert rows.ndim == 2 and rows.shape[1] == 784 and rows.dtype == np.float32

@@ -220,10 +220,10 @@ def test_nan_loss_stops_training_with_a_clear_error() -> None:
 )
 def test_parameter_estimate_is_exact(model: dict) -> None:
     """The count that refuses a network too big (before TensorFlow) is Keras's own count."""
-    from digits.lib.config import estimate_params
+    from digits.lib.architecture import count_params
 
     params = params_with(model=model)
-    assert estimate_params(params.model) == build_model(params.model).count_params()
+    assert count_params(params.model) == build_model(params.model).count_params()
 
 
 def test_speed_options_build_the_fast_cnn_and_learn() -> None:

@@ -8,6 +8,7 @@ renderings of them, which only works if the preprocessing does its job."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -19,15 +20,11 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from digits.lib.config import IDX_KINDS
-from digits.tools.predict import (
-    InputError,
-    load_image,
-    main,
-    npy_rows,
-    to_mnist,
-    top_k,
-)
+from digits.lib.config import IDX_KINDS, PredictConfig
+from digits.lib.images import LIMITS, InputError, decode_image, to_mnist
+from digits.lib.inputs import Rows, Unreadable, decode_rows, iter_rows
+from digits.lib.predictions import top_k
+from digits.tools.predict import main
 
 from helpers import ROOT, fresh_store
 
@@ -69,6 +66,33 @@ def parse(stdout: str) -> list[tuple[str, int, list[tuple[int, float]]]]:
         scores = [s.split(": ") for s in match["scores"].split(", ")]
         parsed.append((match["name"], int(match["label"]), [(int(d), float(p)) for d, p in scores]))
     return parsed
+
+
+def read_all(
+    paths: list[Path], limits: PredictConfig = LIMITS
+) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """`iter_rows` collected: every (name, 784-pixel row), and every `name: defect` message."""
+    rows: list[tuple[str, np.ndarray]] = []
+    errors: list[str] = []
+    for item in iter_rows(paths, limits):
+        if isinstance(item, Unreadable):
+            errors.append(str(item))
+        else:
+            assert isinstance(item, Rows)
+            rows += zip(item.names, item.rows, strict=True)
+    return rows, errors
+
+
+def load_image(path: Path) -> np.ndarray:
+    """An image file decoded as `iter_rows` decodes it, before normalisation."""
+    return decode_image(path.read_bytes())
+
+
+def npy_rows(array: np.ndarray) -> np.ndarray:
+    """`array` saved as a `.npy` file's bytes and read back as `iter_rows` reads it."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return np.concatenate([chunk.rows for chunk in decode_rows(buf.getvalue(), "batch.npy")])
 
 
 def run(argv: list[str]) -> int:
@@ -413,9 +437,8 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_template
     mlflow.set_tracking_uri(None)
 
 
-def test_mlflow_model_uris(
-    mlflow_store: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
+def log_own_model(store: Path, model_file: Path, name: str = "digits-test") -> str:
+    """`model_file` logged as training logs a model, registered as `name`@champion; its run id."""
     import keras
     import mlflow
 
@@ -424,15 +447,37 @@ def test_mlflow_model_uris(
     from digits.lib.tracking import logged_model, runs
     from digits.lib.tracking.store import setup
 
-    setup(MLflowConfig(), mlflow_store, Environment.read())
+    setup(MLflowConfig(), store, Environment.read())
     x, _ = training_digits(5, seed=4)
     with runs.tracked_run() as run_:
         logged_model.log_keras_model(keras.saving.load_model(model_file), x)
-    run_id = run_.info.run_id
-    version = mlflow.register_model(f"runs:/{run_id}/model", "digits-test").version
-    mlflow.MlflowClient().set_registered_model_alias("digits-test", "champion", version)
-    capsys.readouterr()  # MLflow's own output while logging
+    version = mlflow.register_model(f"runs:/{run_.info.run_id}/model", name).version
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+    return run_.info.run_id
 
+
+def minimal_params(folder: Path) -> Path:
+    """A params.yaml in `folder` with only what validation requires (the store: the default)."""
+    params = {
+        "download": {
+            "mirrors": ["https://example.invalid/"],
+            "files": {f"{s}-{k}": "0" * 64 for s in ("train", "t10k") for k in IDX_KINDS},
+        }
+    }
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    return folder / "params.yaml"
+
+
+def test_mlflow_model_uris(
+    mlflow_store: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The project's own logged model loads without --trust-model from a run, the registry and
+    a folder, through Keras in safe mode (never pyfunc), and predicts as the .keras file does."""
+    import keras
+    import mlflow
+
+    run_id = log_own_model(mlflow_store, model_file)
+    capsys.readouterr()  # MLflow's own output while logging
     folder = mlflow_store / "inputs"
     folder.mkdir()
     truth = write_inputs(folder)
@@ -441,6 +486,18 @@ def test_mlflow_model_uris(
     local = capsys.readouterr().out
     check_lines(local, truth, folder)
 
+    safe_modes = []
+    real_load = keras.saving.load_model
+
+    def spy(path, *args, **kwargs):
+        safe_modes.append(kwargs.get("safe_mode"))
+        return real_load(path, *args, **kwargs)
+
+    def no_pyfunc(*args, **kwargs):
+        raise AssertionError("loaded through pyfunc")
+
+    monkeypatch.setattr(keras.saving, "load_model", spy)
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", no_pyfunc)
     # runs:/ through $MLFLOW_TRACKING_URI, with no params.yaml
     assert run([*files, "--model", f"runs:/{run_id}/model", "--params", "absent.yaml"]) == 0
     assert parse(capsys.readouterr().out) == parse(local)
@@ -448,30 +505,145 @@ def test_mlflow_model_uris(
     # models:/name@alias through params.yaml's store, as `make repro` sets it up
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(None)
-    params = {
-        "download": {
-            "mirrors": ["https://example.invalid/"],
-            "files": {f"{s}-{k}": "0" * 64 for s in ("train", "t10k") for k in IDX_KINDS},
-        }
-    }
-    (mlflow_store / "params.yaml").write_text(yaml.safe_dump(params))
+    params = minimal_params(mlflow_store)
     argv = [*files, "--model", "models:/digits-test@champion"]
-    assert run([*argv, "--params", str(mlflow_store / "params.yaml")]) == 0
+    assert run([*argv, "--params", str(params)]) == 0
     assert parse(capsys.readouterr().out) == parse(local)
-    # an unknown model: a clear error, exit 1
-    assert (
-        run(
-            [
-                *files[:1],
-                "--model",
-                "models:/nope@champion",
-                "--params",
-                str(mlflow_store / "params.yaml"),
-            ]
-        )
-        == 1
+    # a folder inside the project holding the logged model
+    own = mlflow.artifacts.download_artifacts(
+        f"runs:/{run_id}/model", dst_path=str(mlflow_store / "models")
     )
+    capsys.readouterr()
+    assert run([*files, "--model", own, "--params", str(params)]) == 0
+    assert parse(capsys.readouterr().out) == parse(local)
+    assert safe_modes == [True, True, True]
+    # an unknown model: a clear error, exit 1
+    argv = [*files[:1], "--model", "models:/nope@champion", "--params", str(params)]
+    assert run(argv) == 1
     assert "error: models:/nope@champion: cannot load the model" in capsys.readouterr().err
+
+
+def planted_pyfunc(marker: Path):
+    """A pyfunc model whose unpickling writes `marker`: proof that loading ran its code."""
+    import mlflow
+
+    class Planted(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return np.zeros((len(model_input), 10))
+
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('unpickled')",))
+
+    return Planted()
+
+
+def test_a_model_holding_code_is_refused_before_anything_is_unpickled(
+    mlflow_store: Path, capsys
+) -> None:
+    """A pyfunc model (a pickle and code paths) from the registry, a run or a folder inside the
+    project: one `error:` line naming what it holds, and nothing of it runs; --trust-model
+    does run it (so the marker would show a load)."""
+    import mlflow
+
+    from digits.lib.config import MLflowConfig
+    from digits.lib.environment import Environment
+    from digits.lib.tracking import runs
+    from digits.lib.tracking.store import setup
+
+    marker = mlflow_store / "unpickled"
+    (mlflow_store / "helper.py").write_text("VALUE = 1\n")
+    setup(MLflowConfig(), mlflow_store, Environment.read())
+    with runs.tracked_run() as run_:
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=planted_pyfunc(marker),
+            pip_requirements=["numpy"],  # inferring them would load the model
+            code_paths=[str(mlflow_store / "helper.py")],
+        )
+    run_id = run_.info.run_id
+    version = mlflow.register_model(f"runs:/{run_id}/model", "planted").version
+    mlflow.MlflowClient().set_registered_model_alias("planted", "champion", version)
+    folder = mlflow.artifacts.download_artifacts(
+        f"runs:/{run_id}/model", dst_path=str(mlflow_store / "models")
+    )
+    (mlflow_store / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    Image.fromarray(glyph(3)).save(mlflow_store / "three.png")
+    assert not marker.exists()
+    capsys.readouterr()
+    argv = [str(mlflow_store / "three.png"), "--params", str(mlflow_store / "params.yaml")]
+    for model in ("models:/planted@champion", f"runs:/{run_id}/model", folder):
+        assert run([*argv, "--model", model]) == 1
+        out, err = capsys.readouterr()
+        (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+        assert line.startswith(
+            f"error: {model}: refused: it holds flavours python_function (loader "
+            "mlflow.pyfunc.model, python_model.pkl, code paths: code"
+        )
+        assert "--trust-model" in line and "Traceback" not in err and out == ""
+        assert not marker.exists()
+    assert run([*argv, "--model", "models:/planted@champion", "--trust-model"]) == 1
+    assert marker.exists()
+
+
+def test_a_keras_model_with_a_pickle_or_an_export_is_refused(
+    mlflow_store: Path, model_file: Path, capsys
+) -> None:
+    import shutil
+
+    import mlflow
+
+    run_id = log_own_model(mlflow_store, model_file)
+    own = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))
+    params = minimal_params(mlflow_store)
+    Image.fromarray(glyph(3)).save(mlflow_store / "three.png")
+    argv = [str(mlflow_store / "three.png"), "--params", str(params), "--model"]
+    pickled = shutil.copytree(own, mlflow_store / "models" / "pickled")
+    (pickled / "data" / "custom_objects.cloudpickle").write_bytes(b"\x80\x05N.")
+    exported = shutil.copytree(own, mlflow_store / "models" / "exported")
+    manifest = yaml.safe_load((exported / "MLmodel").read_text())
+    manifest["flavors"]["keras"]["save_exported_model"] = True
+    manifest["flavors"]["sklearn"] = {"pickled_model": "model.pkl"}
+    (exported / "MLmodel").write_text(yaml.safe_dump(manifest))
+    capsys.readouterr()
+    assert run([*argv, str(pickled)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: {pickled}: refused: it holds files data/custom_objects.cloudpickle,"
+    )
+    assert run([*argv, str(exported)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: {exported}: refused: it holds flavours keras (a TensorFlow SavedModel "
+        "export), python_function, sklearn (a flavour predict does not load safely),"
+    )
+
+
+def test_models_uris_resolve_against_the_registry_uri(
+    mlflow_store: Path, model_file: Path, store_template: Path, monkeypatch, capsys
+) -> None:
+    """$MLFLOW_REGISTRY_URI, when set, is where `models:/` is looked up: a registry elsewhere
+    serves the model; one that is down is one `error:` line within seconds."""
+    import time
+
+    import mlflow
+
+    from helpers import free_port
+
+    registry = f"sqlite:///{fresh_store(mlflow_store / 'registry', store_template)}"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry)
+    try:
+        log_own_model(mlflow_store, model_file, name="elsewhere")
+        Image.fromarray(255 - glyph(2, 150, 4, canvas=(300, 200))).save(mlflow_store / "two.png")
+        argv = [str(mlflow_store / "two.png"), "--params", "absent.yaml", "--model"]
+        capsys.readouterr()
+        assert run([*argv, "models:/elsewhere@champion"]) == 0
+        check_lines(capsys.readouterr().out, {"two.png": 2}, mlflow_store)
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"http://127.0.0.1:{free_port()}")
+        started = time.monotonic()
+        assert run([*argv, "models:/elsewhere@champion"]) == 1
+        assert time.monotonic() - started < 30
+        err = capsys.readouterr().err
+        assert err.startswith("error: model registry: MLflow tracking server http://127.0.0.1")
+    finally:
+        mlflow.set_registry_uri(None)
 
 
 # --- hostile input and untrusted models (issue 18) --------------------------------------------
@@ -502,8 +674,6 @@ def npy_claiming(shape: tuple[int, ...], dtype: str = "<f4", payload: bytes = b"
 
 def hostile_files(folder: Path) -> dict[str, str]:
     """Files each of which must get its own error: {name: the defect's pattern}."""
-    import os
-
     (folder / "bomb.png").write_bytes(png_claiming(100_000, 100_000))
     (folder / "ps.png").write_bytes(
         b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
@@ -547,8 +717,6 @@ def hostile_files(folder: Path) -> dict[str, str]:
 
 
 def test_each_hostile_file_gets_its_own_error_and_the_rest_are_read(tmp_path: Path) -> None:
-    from digits.tools.predict import load_inputs
-
     bad = hostile_files(tmp_path)
     Image.fromarray(255 - glyph(7)).save(tmp_path / "seven.png")
     png = io.BytesIO()
@@ -556,7 +724,7 @@ def test_each_hostile_file_gets_its_own_error_and_the_rest_are_read(tmp_path: Pa
     (tmp_path / "png_named.jpg").write_bytes(png.getvalue())  # content, not name, decides
     np.save(tmp_path / "fortran.npy", np.asfortranarray(np.eye(28, dtype=np.uint8) * 255))
     names = [*bad, "seven.png", "png_named.jpg", "fortran.npy"]
-    rows, errors = load_inputs([tmp_path / n for n in names])
+    rows, errors = read_all([tmp_path / n for n in names])
     assert [name for name, _ in rows] == [str(tmp_path / n) for n in names[-3:]]
     assert len(errors) == len(bad), errors
     for (name, defect), error in zip(bad.items(), errors, strict=True):
@@ -565,13 +733,10 @@ def test_each_hostile_file_gets_its_own_error_and_the_rest_are_read(tmp_path: Pa
 
 
 def test_limits_come_from_params_and_are_named(tmp_path: Path) -> None:
-    from digits.lib.config import PredictConfig
-    from digits.tools.predict import load_inputs
-
     Image.fromarray(glyph(3, canvas=(100, 80))).save(tmp_path / "three.png")
     np.save(tmp_path / "batch.npy", np.zeros((5, 784), np.uint8))
     size = (tmp_path / "batch.npy").stat().st_size
-    _, errors = load_inputs(
+    _, errors = read_all(
         [tmp_path / "three.png", tmp_path / "batch.npy"],
         PredictConfig(max_pixels=7_999, max_bytes=size - 1),
     )
@@ -588,11 +753,9 @@ def test_unreadable_files_and_memory_errors_are_one_line_each(
 ) -> None:
     """Permissions cannot be tested as root (root reads anything), so os.open is made to refuse
     as it would; MemoryError raised inside Pillow's decoder and in the normalisation."""
-    import os
-
     from PIL import ImageFile
 
-    from digits.tools import predict as tool
+    from digits.lib import inputs as tool
 
     Image.fromarray(glyph(6)).save(tmp_path / "locked.png")
     Image.new("L", (1, 1)).save(tmp_path / "decoder.png")  # 1x1: the fake decoder's victim
@@ -619,13 +782,112 @@ def test_unreadable_files_and_memory_errors_are_one_line_each(
     monkeypatch.setattr(tool, "to_mnist", fake_to_mnist)
     monkeypatch.setattr(ImageFile.ImageFile, "load", fake_load)
     paths = [tmp_path / n for n in ("locked.png", "decoder.png", "normalise.png", "ok.png")]
-    rows, errors = tool.load_inputs(paths)
+    rows, errors = read_all(paths)
     assert errors == [
         f"{paths[0]}: permission denied (unreadable)",
         f"{paths[1]}: out of memory decoding the image",
         f"{paths[2]}: out of memory reading it",
     ]
     assert [name for name, _ in rows] == [str(paths[3])]
+
+
+def test_devices_and_fifos_are_refused_before_they_are_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a device can have side effects, and a FIFO blocks without O_NONBLOCK: neither is
+    opened at all, each gets its own line, and the regular file is still read."""
+    import time
+
+    from digits.lib import inputs
+
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "null.png").symlink_to("/dev/null")
+    Image.fromarray(255 - glyph(7)).save(tmp_path / "seven.png")
+    opened = []
+    real_open = os.open
+
+    def spy(path, flags, *args):
+        opened.append(str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(inputs.os, "open", spy)
+    paths = [tmp_path / "fifo.png", Path("/dev/zero"), Path("/dev/null"), tmp_path / "null.png"]
+    started = time.monotonic()
+    rows, errors = read_all([*paths, tmp_path / "seven.png"])
+    assert time.monotonic() - started < 10
+    assert errors == [
+        f"{paths[0]}: is a FIFO (named pipe), not a regular file",
+        "/dev/zero: is a device file, not a regular file",
+        "/dev/null: is a device file, not a regular file",
+        f"{paths[3]}: is a device file, not a regular file",
+    ]
+    assert [name for name, _ in rows] == [str(tmp_path / "seven.png")]
+    assert opened == [str(tmp_path / "seven.png")]
+
+
+@pytest.mark.parametrize("swap", ["file", "link"])
+def test_a_file_swapped_after_its_check_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
+) -> None:
+    """Another file, or a link to a device, put in the checked file's place just before it is
+    opened is not read: the file opened must be the one checked."""
+    from digits.lib import inputs
+
+    Image.fromarray(255 - glyph(7)).save(tmp_path / "seven.png")
+    Image.fromarray(255 - glyph(1)).save(tmp_path / "other.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    real_open = os.open
+
+    def swapping(path, flags, *args):
+        os.replace(tmp_path / ("other.png" if swap == "file" else "zero.png"), path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(inputs.os, "open", swapping)
+    rows, errors = read_all([tmp_path / "seven.png"])
+    assert rows == []
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{tmp_path / 'seven.png'}: changed while being opened (")
+
+
+def test_display_name_escapes_what_a_terminal_would_obey() -> None:
+    from digits.lib.inputs import display_name
+
+    assert display_name("plain name é 七.png") == "plain name é 七.png"
+    assert display_name("a\nb\r\t\x1b[31m\x7f.png") == "a\\nb\\r\\t\\x1b[31m\\x7f.png"
+    assert display_name("back\\slash") == "back\\\\slash"
+    assert display_name(os.fsdecode(b"\xff\xfe.png")) == "\\xff\\xfe.png"
+    assert display_name("\u202eevil\u2028.png") == "\\u202eevil\\u2028.png"
+
+
+def test_hostile_names_give_one_escaped_line_each_in_any_locale(
+    tmp_path: Path, model_file: Path
+) -> None:
+    """Names with newlines, terminal escapes and bytes that are not UTF-8, under LC_ALL=C with
+    an ASCII stdout: one line per input, escaped, and no UnicodeEncodeError."""
+    folder = bytes(tmp_path)
+    names = [b"two\nlines.png", b"\x1b[31mred.png", b"\xff\xfe.png", "café.png".encode()]
+    for name in names:
+        Image.fromarray(255 - glyph(2, 150, 4, canvas=(300, 200))).save(
+            os.path.join(folder, name), format="PNG"
+        )
+    bad = os.path.join(folder, b"bad\n\x1b[0m\xff.png")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    paths = [os.path.join(folder, name) for name in names] + [bad]
+    cmd = [sys.executable.encode(), b"-m", b"digits.tools.predict", *paths]
+    cmd += [b"--model", bytes(model_file), b"--trust-model"]
+    env = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(cmd, capture_output=True, env=env, timeout=120)
+    err = done.stderr.decode("ascii")  # every byte of both streams is ASCII
+    assert done.returncode == 1, err
+    shown = ["two\\nlines.png", "\\x1b[31mred.png", "\\xff\\xfe.png", "caf\\xe9.png"]
+    lines = done.stdout.decode("ascii").splitlines()
+    assert [line.split(": 2  (")[0] for line in lines] == [f"{tmp_path}/{s}" for s in shown]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    defect = "not an image in an accepted format (PNG, JPEG, BMP, TIFF, GIF, WebP)"
+    assert errors == [
+        f"error: {tmp_path}/bad\\n\\x1b[0m\\xff.png: {defect}, judged by its first bytes"
+    ]
 
 
 def test_hostile_batch_through_the_cli(tmp_path: Path, model_file: Path, capsys) -> None:
@@ -643,7 +905,7 @@ def test_hostile_batch_through_the_cli(tmp_path: Path, model_file: Path, capsys)
     ("model", "reason"),
     [
         ("outside", "a file outside the project"),
-        ("folder", "a folder"),
+        ("folder", "a folder outside the project"),
         ("link", "a file outside the project"),
         ("s3://bucket/model", "a model URI outside the project's tracking store"),
         ("models://user@other-server/mnist/1", "a model URI outside"),

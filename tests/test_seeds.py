@@ -90,7 +90,8 @@ def test_report_shows_the_spread_of_its_own_configuration_only(
 ) -> None:
     import pandas as pd
 
-    from digits.lib.config import parse_params, run_params
+    from digits.lib.config import parse_params
+    from digits.lib.config.runparams import run_params
     from digits.lib.seeds import run_record
     from digits.stages.report import render
 

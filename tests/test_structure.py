@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 import digits
-from digits.lib.config import Params
+from digits.lib.config.sweep import SweepParams
 from digits.tools import stagedeps
 
 from helpers import ROOT
@@ -103,14 +103,14 @@ def default_drift(model: type[BaseModel], data: dict[str, Any], prefix: str = ""
 
 
 def test_schema_defaults_are_params_yaml() -> None:
-    assert default_drift(Params, yaml.safe_load((ROOT / "params.yaml").read_text())) == []
+    assert default_drift(SweepParams, yaml.safe_load((ROOT / "params.yaml").read_text())) == []
 
 
 def test_a_drifted_default_is_named() -> None:
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["train"]["epochs"] += 1
     del data["model"]["mlp"]["dropout"]
-    assert default_drift(Params, data) == [
+    assert default_drift(SweepParams, data) == [
         "model.mlp.dropout: has a default but is not in params.yaml",
         f"train.epochs: schema default 25, params.yaml {data['train']['epochs']}",
     ]

@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from digits.lib.config import edit_params, flatten, parse_params
+from digits.lib.config import flatten, parse_params
+from digits.lib.config.edit import edit_params
+from digits.lib.config.sweep import SweepParams
 from digits.lib.process import ProcessName
+from digits.tools.sweep import checks
 from digits.tools.sweep.study import (
     DEFAULT_JOURNAL,
     FINISHED,
@@ -110,7 +113,7 @@ def run_sweep(project: Path, data: Path, *args: str, check: bool = True) -> str:
 def load(project: Path, storage: str | None = None):
     from digits.lib.config import load_params
 
-    params = load_params(project / "params.yaml")
+    params = load_params(project / "params.yaml", SweepParams)
     url = storage_url(params.sweep, project, storage)
     return open_study(params, url, params.sweep.study, 0)
 
@@ -366,7 +369,7 @@ def test_sweep_space_is_validated_against_the_schema(small_params: dict[str, Any
     small_params["sweep"]["space"]["train.learning_rate"] = {"low": -1.0, "high": 0.1}
     small_params["sweep"]["fixed"]["train.epochs"] = 0
     with pytest.raises(ParamsError) as err:
-        parse_params(small_params)
+        checks.check_sweep(parse_params(small_params, schema=SweepParams))
     message = str(err.value)
     assert "sweep.space.model.mlp.widht: no such setting" in message
     assert "sweep.space.train.learning_rate: Input should be greater than 0" in message
@@ -408,7 +411,7 @@ def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str
     from digits.lib.config import load_params
 
     edit_params(project / "params.yaml", {"sweep.heartbeat": 1})
-    params = load_params(project / "params.yaml")
+    params = load_params(project / "params.yaml", SweepParams)
     study = open_study(params, pg_storage, "hb", 0)
     trial = study.ask()
     study._storage.record_heartbeat(trial._trial_id)
@@ -424,10 +427,11 @@ def test_space_dimensions_are_checked_together(small_params: dict[str, Any]) -> 
     from digits.lib.config import ParamsError
 
     small_params["model"]["mlp"].update(depth=4, width=[20, 10, 6, 3])
-    parse_params(small_params)  # the space sets both depth and width
+    # the space sets both depth and width
+    checks.check_sweep(parse_params(small_params, schema=SweepParams))
     del small_params["sweep"]["space"]["model.mlp.width"]
     with pytest.raises(ParamsError, match=r"sweep\.space\.model\.mlp\.depth: width lists 4 layer"):
-        parse_params(small_params)
+        checks.check_sweep(parse_params(small_params, schema=SweepParams))
 
 
 # --- several objectives, several seeds per trial (issue 16, points 4 and 5) ------------------
@@ -436,7 +440,7 @@ def test_space_dimensions_are_checked_together(small_params: dict[str, Any]) -> 
 def test_pick_takes_the_smallest_model_near_the_best_accuracy() -> None:
     import optuna
 
-    from digits.lib.config import PromoteRule
+    from digits.lib.config.sweep import PromoteRule
     from digits.tools.sweep.results import pick
 
     def trial(number: int, accuracy: float, n_params: int) -> Any:
@@ -476,7 +480,7 @@ def test_bad_objectives_name_the_key(
     small_params["sweep"]["objectives"] = objectives
     small_params["sweep"]["promote"].update(promote)
     with pytest.raises(ParamsError, match=re.escape(message)):
-        parse_params(small_params)
+        parse_params(small_params, schema=SweepParams)
 
 
 def test_bad_objective_stops_make_sweep_before_tensorflow(project: Path) -> None:
@@ -603,7 +607,7 @@ def test_workers_threads_cap_tensorflow_thread_pools() -> None:
 
 def test_named_space_replaces_the_study_fixed_settings_and_space() -> None:
     """`make sweep SPACE=cnn`: the CNN study of params.yaml, checked like the main space."""
-    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()), schema=SweepParams)
     cnn = params.sweep.choose("cnn")
     assert cnn.study != params.sweep.study and cnn.fixed["model.type"] == "cnn"
     assert "model.mlp.width" not in cnn.space and cnn.pruner == params.sweep.pruner
@@ -611,4 +615,4 @@ def test_named_space_replaces_the_study_fixed_settings_and_space() -> None:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["sweep"]["spaces"]["cnn"]["space"]["model.cnn.padding"] = {"choices": ["full"]}
     with pytest.raises(Exception, match=r"sweep\.spaces\.cnn\.space\.model\.cnn\.padding"):
-        parse_params(raw)
+        checks.check_sweep(parse_params(raw, schema=SweepParams))

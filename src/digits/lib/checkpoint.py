@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from digits.lib.config import Params, run_params
+from digits.lib.config import Params
+from digits.lib.config.runparams import run_params
 from digits.lib.files import temp_beside
 
 if TYPE_CHECKING:

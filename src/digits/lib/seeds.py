@@ -65,7 +65,7 @@ def describe(table: Mapping[str, Mapping[str, float | None]]) -> list[tuple[str,
 def run_record(params: Params, seeds: Sequence[int], **extra: Any) -> dict[str, Any]:
     """What identifies a repeated configuration: its settings without the seed (and the
     test-time shifts its test metrics were computed with), and the seeds."""
-    from digits.lib.config import run_params
+    from digits.lib.config.runparams import run_params
 
     config = {k: v for k, v in run_params(params).items() if k != "train.seed"}
     config["evaluate.shifts"] = params.evaluate.shifts

@@ -13,7 +13,8 @@ import pandas as pd
 
 from digits import PipelineError
 from digits.lib import numpy_mlp
-from digits.lib.config import ModelConfig, Params, TrainConfig, run_params
+from digits.lib.config import ModelConfig, Params, TrainConfig
+from digits.lib.config.runparams import run_params
 from digits.lib.data import Split
 from digits.lib.vocab import best_epoch, history_frame, keras_name, selected
 

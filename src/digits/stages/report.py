@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 
 from digits.lib.cli import stage_main
-from digits.lib.config import load_params, run_params
+from digits.lib.config import load_params
+from digits.lib.config.runparams import run_params
 from digits.lib.files import write_text
 from digits.lib.shifts import describe
 from digits.lib.vocab import SHIFTED_VAL_ACCURACY

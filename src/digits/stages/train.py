@@ -18,15 +18,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from digits.lib import checkpoint
+from digits.lib.architecture import count_params, training_bytes
 from digits.lib.cli import stage_main
-from digits.lib.config import (
-    ModelConfig,
-    Params,
-    ParamsError,
-    estimate_params,
-    load_params,
-    training_bytes,
-)
+from digits.lib.config import ModelConfig, Params, ParamsError, load_params
 from digits.lib.data import Split, file_digest, load_splits
 from digits.lib.environment import Environment
 from digits.lib.files import atomic_path, write_json, write_text
@@ -136,7 +130,7 @@ def physical_memory() -> int:
 def check_fits_memory(model: ModelConfig) -> None:
     """Refuse, before TensorFlow loads, a network whose training state alone (weights,
     gradients, Adam's two moments; activations not counted) exceeds this machine's RAM."""
-    n = estimate_params(model)
+    n = count_params(model)
     need, have = training_bytes(n), physical_memory()
     if need > have:
         raise ParamsError(

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -27,16 +26,14 @@ from typing import Any
 
 from digits.lib.cli import stage_main
 from digits.lib.config import load_params
+from digits.lib.config.sweep import SweepParams
 from digits.lib.files import write_text
+from digits.tools import provenance
+from digits.tools.provenance import machine
 
 log = logging.getLogger(__name__)
 
 TARGET = 0.984  # validation accuracy the sweep comparison asks for
-
-
-def machine() -> str:
-    """Where the figures come from."""
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -317,8 +314,7 @@ def to_target(trials: Sequence[Any], target: float) -> dict[str, Any]:
 
 def sweep_variant(params: Path, name: str, workers: int, n_trials: int) -> dict[str, Any]:
     """Run (or resume) the study `bench-<name>` with the variant's sampler and pruner."""
-    from digits.lib.config import edit_params
-    from digits.lib.config import load_params as load
+    from digits.lib.config.edit import edit_params
     from digits.tools.sweep.study import FINISHED, open_study, storage_url
 
     root = params.resolve().parent
@@ -333,7 +329,7 @@ def sweep_variant(params: Path, name: str, workers: int, n_trials: int) -> dict[
         started = time.perf_counter()
         subprocess.run(command, env=env, check=True)
         wall = time.perf_counter() - started
-        cfg = load(variant)
+        cfg = load_params(variant, SweepParams)
         study = open_study(cfg, storage_url(cfg.sweep, root), f"bench-{name}", 0)
     finished = [t for t in study.trials if t.state.name in FINISHED]
     return {
@@ -423,8 +419,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     fast.add_argument(
         "--only", nargs="+", default=["99."], help="rungs whose name contains any of these"
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, SweepParams)
     if args.command == "overhead":
         result = overhead(args.params, args.data, args.raw, args.repeats)
         text = overhead_markdown(result, args.params)
@@ -438,7 +435,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             name: sweep_variant(args.params, name, args.workers, n_trials) for name in VARIANTS
         }
         text = sweep_markdown(result, args.workers, n_trials)
-    write_text(args.out / f"{args.command}.json", json.dumps(result, indent=2))
+    # the command, machine and day go with the figures, for docs/benchmarks.md
+    origin = provenance.now(["python", "-m", "digits.tools.bench", *argv])
+    record = {**result, "provenance": origin.as_json()}
+    write_text(args.out / f"{args.command}.json", json.dumps(record, indent=2))
     write_text(args.out / f"{args.command}.md", text)
     print(text)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from digits.lib.cli import stage_main
 from digits.lib.config import ParamsError, load_params
+from digits.lib.config.sweep import SweepParams
 
 
 @stage_main
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params, SweepParams)
     if params.sweep is None:
         raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
     import optuna_dashboard

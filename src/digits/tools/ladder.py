@@ -33,6 +33,7 @@ from digits.lib.config import Params, ParamsError, load_params
 from digits.lib.environment import Environment
 from digits.lib.files import write_text
 from digits.lib.vocab import SHIFTED_VAL_ACCURACY
+from digits.tools import provenance
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +186,15 @@ def record(
 
 
 def measure(rung: Rung, params: Params) -> dict[str, Any]:
-    """Run the rung (once per seed when repeated); its figures, dated."""
+    """Run the rung (once per seed when repeated); its figures and their provenance."""
     seeded = rung.seeded(params.train.seed)
     runs = []
     for run in seeded:
         wall = run_rung(run)
         runs.append({**rung_result(run, params.mlflow.experiment), "wall": wall})
     result = summarise(runs, [run.seed for run in seeded]) if rung.repeats > 1 else runs[0]
-    return {**result, "date": date.today().isoformat()}
+    # dated, with the machine and the command (each seed adds `-S train.seed=<seed>`)
+    return {**result, **provenance.now(exp_command(rung)).as_json()}
 
 
 def summarise(runs: Sequence[dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:

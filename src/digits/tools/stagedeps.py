@@ -26,7 +26,7 @@ CMD_MODULE = re.compile(r"python -m (digits(?:\.\w+)+)")
 
 
 def module_file(src: Path, module: str) -> Path | None:
-    """`digits.lib.config` -> src/digits/lib/config.py (or its package's __init__.py)."""
+    """`digits.lib.config.load` -> src/digits/lib/config/load.py (or a package's __init__.py)."""
     base = src.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():

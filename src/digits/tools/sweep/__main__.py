@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from digits.lib.cli import stage_main
-from digits.lib.config import ParamsError, SweepConfig, edit_params, load_params
+from digits.lib.config import ParamsError
+from digits.lib.config.edit import edit_params
+from digits.lib.config.sweep import SweepConfig
 from digits.lib.environment import Environment
+from digits.tools.sweep.checks import load_sweep_params
 from digits.tools.sweep.study import SweepOptions, count_trials, redact, storage_url
 
 
@@ -54,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point (`make sweep`, `make promote`, `make dashboard`)."""
     args = parse_args(argv)
-    params = load_params(args.params)
+    params = load_sweep_params(args.params)
     if params.sweep is None:
         raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
     cfg = params.sweep.choose(args.space)

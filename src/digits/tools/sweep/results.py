@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from digits.lib.config import PromoteRule, nest
+from digits.lib.config import nest
+from digits.lib.config.sweep import PromoteRule
 from digits.lib.files import write_text
 from digits.tools.sweep.study import count_trials
 

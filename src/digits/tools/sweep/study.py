@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digits import PipelineError
-from digits.lib.config import Params, SweepConfig
+from digits.lib.config import Params
+from digits.lib.config.sweep import SweepConfig
 from digits.lib.environment import Environment
 from digits.lib.urls import check_database
 from digits.lib.vocab import METRIC_TO_KERAS

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digits import PipelineError
-from digits.lib.config import Dimension, Params
+from digits.lib.config import Params
+from digits.lib.config.sweep import Dimension
 from digits.lib.vocab import OBJECTIVES, epoch_metrics
 from digits.tools.sweep.study import reported_metric
 
@@ -175,7 +176,8 @@ class Objective:
         import optuna
 
         from digits.lib.checkpoint import remove, reopened
-        from digits.lib.config import ParamsError, run_params
+        from digits.lib.config import ParamsError
+        from digits.lib.config.runparams import run_params
         from digits.lib.process import process_id
         from digits.lib.tracking import runs
         from digits.lib.tracking.seeds import fit_seeds, log_spread
