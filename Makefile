@@ -83,8 +83,8 @@ docs-config: setup ## Regenerate docs/configuration.md from the schema's field d
 
 ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
 	@python -c 'from pathlib import Path; from digits.lib.config import load_params; \
-	  from digits.lib.tracking.runs import ui_address; \
-	  print("open", ui_address(load_params().mlflow, Path.cwd(), "http://127.0.0.1:$(PORT)"))'
+	  from digits.lib.environment import Environment; from digits.lib.tracking.store import ui_address; \
+	  print("open", ui_address(load_params().mlflow, Path.cwd(), Environment.read(), "http://127.0.0.1:$(PORT)"))'
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
 
 server: setup ## MLflow tracking server: SERVER_DB= backend, artifacts proxied (ARTIFACTS=), HOST=127.0.0.1 PORT=5000

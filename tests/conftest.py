@@ -28,7 +28,7 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
 @pytest.fixture(autouse=True)
 def mlflow_isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test inherits another's MLflow store: `mlflow.set_tracking_uri` keeps the URI in a
-    process global and exports it as $MLFLOW_TRACKING_URI, which `tracking.setup` obeys."""
+    process global and exports it as $MLFLOW_TRACKING_URI, which `store.setup` obeys."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield
     if "mlflow" in sys.modules:

@@ -193,6 +193,65 @@ def _via_atomic(write, path: Path, data) -> None:
         write(path, data)
 
 
+def store_full(*args, **kwargs):
+    """What SQLite raises, through SQLAlchemy, when the database's disk is full."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    raise sqlalchemy.exc.OperationalError(
+        "INSERT INTO ...", {}, sqlite3.OperationalError("database or disk is full")
+    )
+
+
+@pytest.mark.parametrize("when", ["setup", "mid-run"])
+def test_a_full_sqlite_store_ends_like_a_full_disk(
+    tmp_path: Path,
+    mirror,
+    processed: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+    store_template: Path,
+    when: str,
+) -> None:
+    """SQLite says "database or disk is full" (no OSError): the stage still ends with one
+    `error:` naming the store's file and the free space, no traceback, no outputs, and the run
+    FAILED. One write fails, the stage's first or the first after the fit; the space is freed
+    right after (so the run can still be ended, as the next stage would end it)."""
+    import sqlalchemy.orm
+
+    from digits.lib import training
+
+    full = {"now": when == "setup"}
+    real_commit, real_fit = sqlalchemy.orm.Session.commit, training.fit_logged
+
+    def commit(self):
+        if full["now"]:
+            full["now"] = False
+            store_full()
+        return real_commit(self)
+
+    def fit_then_fill(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        full["now"] = True
+        return result
+
+    monkeypatch.setattr(sqlalchemy.orm.Session, "commit", commit)
+    monkeypatch.setattr(training, "fit_logged", fit_then_fill)
+    code, err = train_stage(tmp_path, mirror, processed, capsys, store_template)
+    assert code == 1
+    store = re.escape(str(tmp_path / "mlflow.db"))
+    assert re.search(rf"^error: no space left on the device writing {store} {FREE}", err, re.M)
+    assert err.count("error:") == 1 and "Traceback" not in err, err
+    assert "database or disk is full" not in err, err  # said once, in the project's words
+    assert no_outputs(tmp_path) == []
+    assert [p.name for p in tmp_path.rglob(".*.tmp.*")] == []
+    if when == "mid-run":
+        run = the_run(tmp_path)
+        assert run.info.status == "FAILED"
+        assert "database or disk is full" in run.data.tags["failure_reason"]
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):
     """A 64 KiB tmpfs, or skip where this machine does not let the test mount one."""

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from digits.lib.config import parse_params
-from digits.lib.tracking import runs
+from digits.lib.environment import Environment
+from digits.lib.tracking import store
+from digits.lib.tracking.naming import run_name
 from digits.stages.evaluate import calibration, fixed_and_broke
 
 from helpers import fresh_store, real_params, run_without_tensorflow, shrink
@@ -52,13 +54,12 @@ def test_fixed_and_broke_lists_each_disagreement_once() -> None:
     }
 
 
-def test_run_names_say_what_is_trained(mirror, monkeypatch) -> None:
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+def test_run_names_say_what_is_trained(mirror) -> None:
     base = real_params()
 
-    def name(**overrides) -> str:
+    def name(env: Environment | None = None, **overrides) -> str:
         params = parse_params(base)
-        return runs.run_name(params.with_overrides(overrides))
+        return run_name(params.with_overrides(overrides), env or Environment())
 
     assert name() == "mlp-2x512-relu"
     assert name(**{"model.mlp.width": [256, 128], "model.mlp.activation": "gelu"}) == (
@@ -66,8 +67,7 @@ def test_run_names_say_what_is_trained(mirror, monkeypatch) -> None:
     )
     assert name(**{"model.type": "cnn", "model.cnn.batch_norm": True}) == "cnn-32-64-k3-bn"
     assert name(**{"model.type": "softmax", "model.augment.rotation": 8}) == "softmax-aug"
-    monkeypatch.setenv("DVC_EXP_NAME", "wiry-mast")
-    assert name() == "wiry-mast"
+    assert name(Environment(exp_name="wiry-mast")) == "wiry-mast"
 
 
 def flags(**paths: Path) -> list[str]:
@@ -145,7 +145,7 @@ def test_run_is_named_described_and_ranked_with_system_metrics(two_models) -> No
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)
     assert any(k.startswith("system/system_memory_usage") for k in run.data.metrics)
     experiment = client.get_experiment(run.info.experiment_id)
-    assert experiment.tags[runs.EXPERIMENT_KIND] == runs.MODEL_TRAINING
+    assert experiment.tags[store.EXPERIMENT_KIND] == store.MODEL_TRAINING
     artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert "plots/reliability.png" in artifacts
     assert (first / "figures/reliability.png").is_file()

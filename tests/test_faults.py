@@ -1,9 +1,14 @@
-"""Faults injected into real stages: kill -9 at any moment leaves whole files; a NaN loss ends
-the MLflow run FAILED with the reason; the same seed gives the same metrics."""
+"""Faults injected into real stages: kill -9 at any moment leaves whole files, and the temp
+files a killed writer leaves are removed by the next writer; file modes are set without the
+process umask; a NaN loss ends the MLflow run FAILED with the reason; the same seed gives the
+same metrics."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -99,3 +104,71 @@ def test_same_seed_same_metrics(mirror, processed: Path, family: str) -> None:
     assert history_a.equals(history_b), "per-epoch metrics differ"
     for a, b in zip(model_a.get_weights(), model_b.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# --- temp files left by killed writers ---------------------------------------------------------
+
+KILLED_MID_WRITE = """
+import os, sys
+from pathlib import Path
+import numpy as np
+from digits.lib import checkpoint, files
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), 9)
+
+path = Path(sys.argv[2])
+if sys.argv[1] == "atomic_path":
+    with files.atomic_path(path) as tmp:
+        tmp.write_bytes(b"half a model")
+        die()
+else:
+    np.savez = die
+    checkpoint.save(path, checkpoint.State({}, 1, "r", 0.0, {}, {}, [], []))
+"""
+
+
+@pytest.mark.parametrize(
+    ("writer", "name"), [("atomic_path", "model.keras"), ("checkpoint", "checkpoint.npz")]
+)
+def test_temp_files_of_killed_writers_are_removed_by_the_next_write(
+    tmp_path: Path, writer: str, name: str
+) -> None:
+    """`kill -9` mid-write leaves a hidden temp file (git-ignored, so nobody sees it grow); the
+    next write there removes it, but not a live writer's, nor one from another host."""
+    from digits.lib import files
+
+    path = tmp_path / "models" / name
+    died = subprocess.run(
+        [str(BIN / "python"), "-c", KILLED_MID_WRITE, writer, str(path)], env=stage_env()
+    )
+    assert died.returncode == -signal.SIGKILL
+    (left,) = path.parent.iterdir()
+    assert left.name.startswith(f".{path.stem}.") and ".tmp." in left.name
+    fd, live = files.temp_beside(path)  # this process: alive, writing
+    os.close(fd)
+    elsewhere = path.parent / f".{path.stem}.0123abcd.tmp.other-host:1:ab12cd34:99{path.suffix}"
+    elsewhere.touch()
+    files.write_text(path.parent / "other.txt", "the next write in this folder")
+    assert sorted(path.parent.iterdir()) == sorted([live, elsewhere, path.parent / "other.txt"])
+    assert socket.gethostname() in live.name and f":{os.getpid()}:" in live.name
+
+
+def test_file_modes_are_set_without_touching_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setting the umask is process-wide: MLflow's threads creating files meanwhile would get
+    mode 0666 (`os.umask(0)`); a write takes the usual mode without ever calling it."""
+    from digits.lib import checkpoint, files
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+
+    def forbidden(mask: int) -> int:
+        raise AssertionError("os.umask called: races with other threads creating files")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    files.write_text(tmp_path / "a.txt", "x")
+    checkpoint.save(tmp_path / "c.npz", checkpoint.State({}, 1, "r", 0.0, {}, {}, [], []))
+    for name in ("a.txt", "c.npz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask, name

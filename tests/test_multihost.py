@@ -246,7 +246,7 @@ def test_a_host_killed_mid_trial_is_retried_by_the_other(sweep: Sweep) -> None:
     time.sleep(3 * HEARTBEAT + 1)
     import mlflow
 
-    from digits.lib.tracking.runs import close_dead_runs
+    from digits.lib.tracking.reaping import close_dead_runs
 
     client = sweep.client()
     experiment = client.get_experiment_by_name(sweep.experiment)

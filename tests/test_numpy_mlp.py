@@ -126,10 +126,11 @@ def test_the_train_stage_tracks_it_like_a_keras_model(
 ) -> None:
     import mlflow
 
-    from digits.lib.tracking import runs
+    from digits.lib.environment import Environment
+    from digits.lib.tracking.store import setup
     from digits.stages.train import train
 
-    runs.setup(MLflowConfig(), fresh_store(tmp_path, store_template).parent)
+    setup(MLflowConfig(), fresh_store(tmp_path, store_template).parent, Environment.read())
     try:
         result = train(params, splits["train"], splits["val"], processed, tmp_path)
         run = mlflow.get_run(result.run_id)

@@ -443,9 +443,11 @@ def log_own_model(store: Path, model_file: Path, name: str = "digits-test") -> s
     import mlflow
 
     from digits.lib.config import MLflowConfig
+    from digits.lib.environment import Environment
     from digits.lib.tracking import logged_model, runs
+    from digits.lib.tracking.store import setup
 
-    runs.setup(MLflowConfig(), store)
+    setup(MLflowConfig(), store, Environment.read())
     x, _ = training_digits(5, seed=4)
     with runs.tracked_run() as run_:
         logged_model.log_keras_model(keras.saving.load_model(model_file), x)
@@ -544,11 +546,13 @@ def test_a_model_holding_code_is_refused_before_anything_is_unpickled(
     import mlflow
 
     from digits.lib.config import MLflowConfig
+    from digits.lib.environment import Environment
     from digits.lib.tracking import runs
+    from digits.lib.tracking.store import setup
 
     marker = mlflow_store / "unpickled"
     (mlflow_store / "helper.py").write_text("VALUE = 1\n")
-    runs.setup(MLflowConfig(), mlflow_store)
+    setup(MLflowConfig(), mlflow_store, Environment.read())
     with runs.tracked_run() as run_:
         mlflow.pyfunc.log_model(
             name="model",

@@ -20,7 +20,11 @@ import numpy as np
 import pytest
 
 from digits.lib.config import MLflowConfig
+from digits.lib.environment import Environment
+from digits.lib.process import process_id
 from digits.lib.tracking import logged_model, registry, runs
+from digits.lib.tracking.reaping import PROCESS_TAG
+from digits.lib.tracking.store import EXPERIMENT_KIND, setup
 
 from helpers import free_port, fresh_store, stage_env, wait_until
 
@@ -40,7 +44,7 @@ class Constant(mlflow.pyfunc.PythonModel):
 
 @pytest.fixture
 def store(tmp_path: Path, store_template: Path):
-    runs.setup(CFG, fresh_store(tmp_path, store_template).parent)
+    setup(CFG, fresh_store(tmp_path, store_template).parent, Environment.read())
     yield mlflow.MlflowClient()
     mlflow.set_tracking_uri(None)
 
@@ -199,11 +203,11 @@ def test_a_lock_left_by_a_dead_process_is_broken_a_live_one_waited_for(store) ->
     lock = f"{CFG.registered_model}-promotion-lock"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    store.create_registered_model(lock, tags={runs.PROCESS_TAG: runs.process_id(dead.pid)})
+    store.create_registered_model(lock, tags={PROCESS_TAG: process_id(dead.pid)})
     assert register(predictions(100)).decision == "first"
     assert store.search_registered_models(f"name = '{lock}'") == []
 
-    store.create_registered_model(lock, tags={runs.PROCESS_TAG: runs.process_id()})
+    store.create_registered_model(lock, tags={PROCESS_TAG: process_id()})
     started = time.monotonic()
     with pytest.raises(registry.RegistryError, match="is held by"):
         register(predictions(150), lock_timeout=1)
@@ -233,10 +237,14 @@ def test_unreachable_registry_fails_the_run_and_leaves_the_alias(store, monkeypa
 
 def test_experiment_is_tagged_for_model_training_once(store) -> None:
     experiment = store.get_experiment_by_name(CFG.experiment)
-    assert experiment.tags[runs.EXPERIMENT_KIND] == "custom_model_development"
-    store.set_experiment_tag(experiment.experiment_id, runs.EXPERIMENT_KIND, "genai_development")
-    runs.setup(CFG, Path(mlflow.get_tracking_uri().removeprefix("sqlite:///")).parent)
-    kept = store.get_experiment(experiment.experiment_id).tags[runs.EXPERIMENT_KIND]
+    assert experiment.tags[EXPERIMENT_KIND] == "custom_model_development"
+    store.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, "genai_development")
+    setup(
+        CFG,
+        Path(mlflow.get_tracking_uri().removeprefix("sqlite:///")).parent,
+        Environment.read(),
+    )
+    kept = store.get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND]
     assert kept == "genai_development"  # a choice made in the UI is not overwritten
 
 

@@ -1,7 +1,7 @@
 """Resuming a killed train stage (`train.resume`, lib/checkpoint.py): `kill -9` after epoch k,
 start again, and it continues at epoch k+1 in the same MLflow run, ending with the weights,
 history and metrics of a run never killed, bit for bit. A checkpoint from other params or data,
-or a torn one, is never resumed."""
+a torn one, or one whose run was deleted in MLflow, is never resumed."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import real_params, shrink, stage_env, wait_until
+from helpers import fresh_store, real_params, shrink, stage_env, wait_until
 
 BIN = Path(sys.executable).parent
 CHECKPOINT = "models/checkpoint.npz"
@@ -209,3 +209,41 @@ def test_resume_off_or_numpy_model_takes_no_checkpoint(tmp_path: Path, small_par
     off = {**small_params, "train": {**small_params["train"], "resume": False}}
     assert resumable(parse_params(off), "d", tmp_path / "c.npz") is None
     assert resumable(params, "d", None) is None
+
+
+def test_a_checkpoint_whose_run_was_deleted_in_mlflow_starts_afresh(
+    tmp_path: Path, mirror, processed: Path, store_template: Path, monkeypatch, caplog
+) -> None:
+    """The run of a killed training, deleted in the UI: MLflow still finds it (soft-deleted)
+    but will not reopen it. The stage warns, names the run, trains afresh in a new run, exit 0,
+    instead of failing every `dvc repro` until the checkpoint is removed by hand."""
+    import mlflow
+
+    from digits.lib import checkpoint
+    from digits.lib.config import load_params
+    from digits.lib.data import file_digest
+    from digits.stages import train
+
+    _, hashes = mirror
+    root = workspace(tmp_path / "w", hashes, epochs=2)
+    store = client(fresh_store(root, store_template).parent)
+    experiment = store.create_experiment("mnist")
+    deleted = store.create_run(experiment).info.run_id  # killed: left RUNNING, then deleted
+    store.delete_run(deleted)
+    identity = checkpoint.identity(
+        load_params(root / "params.yaml"),
+        file_digest(processed / "train.npz", processed / "val.npz"),
+    )
+    killed = checkpoint.State(identity, 1, deleted, 1.0, {}, {}, [], [])
+    checkpoint.save(root / CHECKPOINT, killed)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with caplog.at_level(logging.WARNING):
+        train.main(stage_args(processed)[3:])  # returns: exit 0
+    assert f"its MLflow run {deleted} was deleted in MLflow: starting afresh" in caplog.text
+    (run,) = store.search_runs([experiment])  # the deleted run is not searched
+    assert run.info.run_id != deleted and run.info.status == "FINISHED"
+    assert "resumed_after_epochs" not in run.data.tags
+    assert store.get_run(deleted).info.lifecycle_stage == "deleted"
+    assert (root / "models/model.keras").exists() and not (root / CHECKPOINT).exists()
+    mlflow.set_tracking_uri(None)

@@ -90,15 +90,17 @@ def test_unreachable_tracking_server_and_failure_reason_are_redacted(tmp_path: P
     import mlflow
 
     from digits.lib.config import MLflowConfig
-    from digits.lib.tracking import runs as tracking
+    from digits.lib.environment import Environment
+    from digits.lib.tracking import runs
+    from digits.lib.tracking import store as tracking
 
     with pytest.raises(tracking.TrackingError) as err:
         tracking.check_reachable(f"http://admin:{PASSWORD}@127.0.0.1:9/", timeout=1)
     assert PASSWORD not in str(err.value) and "admin:***@127.0.0.1" in str(err.value)
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    tracking.setup(MLflowConfig(tracking_uri="sqlite:///mlflow.db"), tmp_path)
-    with pytest.raises(RuntimeError), tracking.tracked_run() as run:
+    tracking.setup(MLflowConfig(tracking_uri="sqlite:///mlflow.db"), tmp_path, Environment())
+    with pytest.raises(RuntimeError), runs.tracked_run() as run:
         raise RuntimeError(f"lost postgresql://u:{PASSWORD}@db/optuna")
     finished = mlflow.get_run(run.info.run_id)
     assert finished.info.status == "FAILED"

@@ -20,7 +20,7 @@ import yaml
 from digits.lib.config import flatten, parse_params
 from digits.lib.config.edit import edit_params
 from digits.lib.config.sweep import SweepParams
-from digits.lib.tracking.runs import ProcessName
+from digits.lib.process import ProcessName
 from digits.tools.sweep import checks
 from digits.tools.sweep.study import (
     DEFAULT_JOURNAL,
@@ -389,7 +389,7 @@ def pg_storage() -> Any:
 def test_one_worker_on_postgresql_trains_in_the_launcher(
     project: Path, processed: Path, pg_storage: str, sweep_here: Callable[..., str]
 ) -> None:
-    from digits.lib.tracking.runs import process_id
+    from digits.lib.process import process_id
 
     args = sweep_args(project, processed, "--n-trials", "2", "--storage", pg_storage)
     check_sweep(project, sweep_here(*args), 1, pg_storage, n_trials=2)

@@ -180,9 +180,10 @@ def test_experiment_opens_in_the_model_training_view(page, ui, filled) -> None:
 def test_make_ui_address_opens_the_experiment_in_model_training(page, ui, filled) -> None:
     """The address `make ui` prints opens the experiment's runs in the model training view."""
     from digits.lib.config import load_params
-    from digits.lib.tracking.runs import ui_address
+    from digits.lib.environment import Environment
+    from digits.lib.tracking.store import ui_address
 
-    address = ui_address(load_params(filled / "params.yaml").mlflow, filled, ui)
+    address = ui_address(load_params(filled / "params.yaml").mlflow, filled, Environment.read(), ui)
     name = pipeline_run(filled).info.run_name
     with screenshot_on_failure(page, "make-ui"):
         open_page(page, address, name)

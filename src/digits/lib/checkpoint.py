@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 
 from digits.lib.config import Params
 from digits.lib.config.runparams import run_params
+from digits.lib.files import temp_beside
 
 if TYPE_CHECKING:
     import keras
@@ -83,14 +83,13 @@ def save(path: Path, state: State) -> None:
     arrays = {f"model/{i}": a for i, a in enumerate(state.model)}
     arrays |= {f"optimizer/{i}": a for i, a in enumerate(state.optimizer)}
     arrays |= {f"best/{i}": a for i, a in enumerate(state.best_weights or [])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
+    fd, tmp = temp_beside(path)  # named after this process: the next run deletes it if we die
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path, wanted: dict[str, Any]) -> State | None:
@@ -238,23 +237,32 @@ def resumable(params: Params, digest: str, path: Path | None) -> Checkpointer | 
     holding the saved state it resumes from if there is a usable one whose MLflow run exists."""
     if path is None or not params.train.resume or params.model.type == "numpy_mlp":
         return None
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     wanted = identity(params, digest)
     checkpointer = Checkpointer(path, wanted)
     start = load(path, wanted)
-    if start is not None:
-        try:
-            mlflow.MlflowClient().get_run(start.run_id)
-        except MlflowException:
-            log.warning("checkpoint %s: its MLflow run %s is not in this store: afresh", path,
-                        start.run_id)  # fmt: skip
-            start = None
+    if start is not None and (why := _not_resumable(start.run_id)):
+        log.warning("checkpoint %s: its MLflow run %s %s: starting afresh", path, start.run_id, why)
+        start = None
     if start is not None:
         log.info("resuming run %s after epoch %d (checkpoint %s)", start.run_id, start.epoch, path)
     checkpointer.start = start
     return checkpointer
+
+
+def _not_resumable(run_id: str) -> str | None:
+    """Why the MLflow run `run_id` cannot be reopened, or None when it can. A run deleted in
+    the UI is still found (soft-deleted) until `mlflow gc`, but `start_run` refuses it."""
+    import mlflow
+    from mlflow.entities import LifecycleStage
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        return "is not in this store"
+    if run.info.lifecycle_stage == LifecycleStage.DELETED:
+        return "was deleted in MLflow"
+    return None
 
 
 def reopened(run_id: str, start: State) -> None:

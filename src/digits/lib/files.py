@@ -1,6 +1,6 @@
 """Files: atomic writes (a reader, or a `kill -9`, sees the old file or the new one, never half),
-a full disk reported as such (naming the path and the space left), and the project root that
-relative paths are anchored at."""
+temp files that name their writer (so the next writer removes those a dead process left), and a
+full disk reported as such (naming the path and the space left)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from digits import PipelineError
+from digits.lib.process import process_gone, process_id
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+STORE_FULL = "database or disk is full"  # SQLite's message for SQLITE_FULL
+# `.{stem}.{random}.tmp.{host:pid:boot:start of the writer}{suffix}`; `*.tmp.*` is git-ignored
+TEMP_NAME = re.compile(r"\.[^/]*\.[0-9a-f]{8}\.tmp\.(?P<writer>[^:/]+:\d+:[\w-]*:\d*)(\.[^/]*)?")
 
 
 class DiskFullError(PipelineError):
@@ -58,18 +62,47 @@ def reporting_disk_full(path: str | Path) -> Iterator[None]:
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """Whether `err`, or an error it was raised from, is a full disk or quota."""
+    """Whether `err`, or an error it was raised from, is a full disk or quota, or a full SQLite
+    database (SQLite raises its own error, not an OSError)."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in DISK_FULL:
+            return True
+        if STORE_FULL in str(err):
             return True
         err = err.__cause__ or err.__context__
     return False
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def remove_dead_temps(folder: Path) -> list[Path]:
+    """Delete the temp files in `folder` whose writer is dead (killed mid-write); a live
+    writer's, or one on another host sharing the folder, stays. Returns those deleted."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = TEMP_NAME.fullmatch(entry.name)
+            if match and process_gone(match["writer"]):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def temp_beside(path: Path) -> tuple[int, Path]:
+    """A new empty temp file in `path`'s folder, open for writing: (fd, its path). Its name
+    keeps `path`'s suffix (Keras insists on `.keras`) and names this process, so the next
+    writer there deletes it if this process dies first (`remove_dead_temps`). Its mode is the
+    usual 0o666 less the umask, which the kernel applies: the process umask is never touched
+    (other threads, MLflow's, create files meanwhile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(path.parent)
+    writer = process_id()
+    while True:
+        tmp = path.parent / f".{path.stem}.{os.urandom(4).hex()}.tmp.{writer}{path.suffix}"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -82,13 +115,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     with reporting_disk_full(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
-        )
+        fd, tmp_path = temp_beside(path)
     os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
     try:
         with reporting_disk_full(path):
             try:
@@ -102,12 +130,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
-
-
-def project_root(params_path: Path) -> Path:
-    """The project's root: $DVC_ROOT, which DVC sets for every stage (and points at the main
-    workspace even for `dvc exp run --temp` and queued runs), else the folder of params.yaml."""
-    return Path(os.environ.get("DVC_ROOT") or params_path.resolve().parent)
 
 
 def write_text(path: str | Path, text: str) -> None:

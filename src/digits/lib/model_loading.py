@@ -14,7 +14,6 @@ and a Keras Lambda layer holds Python bytecode. So, unless the user trusts the m
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from digits import PipelineError
-from digits.lib.files import project_root
+from digits.lib.environment import Environment
 from digits.lib.shifts import Predictor, keras_predictor
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # runs:/..., models:/..., s3://...; not C:\
@@ -70,9 +69,9 @@ def untrusted_reason(model: str, root: Path) -> str | None:
     return None
 
 
-def check_trust(model: str, params: Path, trust: bool) -> None:
+def check_trust(model: str, params: Path, trust: bool, *, env: Environment) -> None:
     """Refuse a model from outside the project's own places unless the user said --trust-model."""
-    reason = untrusted_reason(model, project_root(params))
+    reason = untrusted_reason(model, env.project_root(params))
     if reason and not trust:
         raise PipelineError(
             f"{model}: refused: {reason}. Loading a model can run code it carries (MLflow's "
@@ -160,7 +159,7 @@ def load_keras(path: Path, trust: bool = False, name: str | None = None) -> Pred
 
 
 def load_predictor(
-    model: str, params: Path = Path("params.yaml"), trust: bool = False
+    model: str, params: Path = Path("params.yaml"), trust: bool = False, *, env: Environment
 ) -> Predictor:
     """A function from (n, 784) float32 rows to (n, classes) probabilities.
 
@@ -171,7 +170,7 @@ def load_predictor(
     (`check_trust`); `trust` loads MLflow models through pyfunc and turns Keras's safe mode
     off."""
     if is_model_uri(model):
-        where = _connect(params, registry=model.lower().startswith("models:"))
+        where = _connect(params, env, registry=model.lower().startswith("models:"))
         return _load_mlflow_model(model, where, trust)
     check_model(model)
     path = Path(model)
@@ -182,27 +181,25 @@ def load_predictor(
     return load_keras(path, trust)
 
 
-def _connect(params: Path, registry: bool) -> str:
+def _connect(params: Path, env: Environment, registry: bool) -> str:
     """Point MLflow at the project's tracking store (and check it, and for `models:/` the
     registry, answers); returns where the model is looked up, for messages."""
     import mlflow
 
     from digits.lib.config import MLflowConfig, load_params
-    from digits.lib.tracking import runs
+    from digits.lib.tracking.store import TrackingError, check_reachable, tracking_uri
 
-    if params.exists() or not os.environ.get("MLFLOW_TRACKING_URI"):
-        cfg = load_params(params).mlflow
-    else:  # the environment names the store; no params.yaml needed
-        cfg = MLflowConfig()
-    uri = runs.tracking_uri(cfg, project_root(params))
-    runs.check_reachable(uri)
+    # with the store named by the environment, no params.yaml is needed
+    cfg = load_params(params).mlflow if params.exists() or not env.tracking_uri else MLflowConfig()
+    uri = tracking_uri(cfg, env.project_root(params), env)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     if not registry:
         return f"tracking store {uri}"
     registry_uri = mlflow.get_registry_uri()  # $MLFLOW_REGISTRY_URI, else the tracking store
     try:
-        runs.check_reachable(registry_uri)
-    except runs.TrackingError as err:
+        check_reachable(registry_uri)
+    except TrackingError as err:
         raise PipelineError(f"model registry: {err}") from None
     return f"model registry {registry_uri}"
 

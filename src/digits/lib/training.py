@@ -123,7 +123,7 @@ def fit_logged(
     and a summary of the selected (restored) model; returns the model, history and summary."""
     import mlflow
 
-    from digits.lib.tracking.runs import epoch_logger
+    from digits.lib.tracking.callbacks import epoch_logger
 
     mlflow.log_params(run_params(params))
     logger = epoch_logger()  # imports Keras and TensorFlow, which is not part of the fit

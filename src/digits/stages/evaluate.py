@@ -20,7 +20,8 @@ import pandas as pd
 from digits.lib.cli import stage_main
 from digits.lib.config import load_params
 from digits.lib.data import Split, load_split
-from digits.lib.files import project_root, reporting_disk_full, write_json, write_text
+from digits.lib.environment import Environment
+from digits.lib.files import reporting_disk_full, write_json, write_text
 from digits.lib.idx import NUM_CLASSES
 from digits.lib.shifts import Predictor, describe, keras_predictor, shifted
 from digits.lib.vocab import SHIFTED_VAL_ACCURACY
@@ -271,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import mlflow
 
     from digits.lib.tracking import registry, runs
+    from digits.lib.tracking.provenance import numpy_dataset
+    from digits.lib.tracking.store import setup
 
     test = load_split(args.data / "test.npz")
     history = pd.read_csv(args.history)
@@ -298,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.figures, test.x, labels, probabilities, evaluation, kernel, history
     )
 
-    runs.setup(params.mlflow, project_root(args.params))
+    env = Environment.read()
+    setup(params.mlflow, env.project_root(args.params), env)
     run_info = json.loads(args.run_info.read_text())
     run_id = run_info["run_id"]
     info = mlflow.models.get_model_info(run_info["model_uri"])
@@ -312,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         reporting_disk_full(runs.artifact_dir(run)),
     ):
         # against the logged model too, so the UI's Models view ranks models by them
-        dataset = runs.numpy_dataset(test.x, test.y, args.data / "test.npz", digest)
+        dataset = numpy_dataset(test.x, test.y, args.data / "test.npz", digest)
         mlflow.log_metrics(evaluation.metrics, model_id=info.model_id, dataset=dataset)
         mlflow.log_metrics(validation, model_id=info.model_id)
         # a tag, not a param: a changed `evaluate.shifts` re-evaluates the same run

@@ -22,7 +22,8 @@ from digits.lib.architecture import count_params, training_bytes
 from digits.lib.cli import stage_main
 from digits.lib.config import ModelConfig, Params, ParamsError, load_params
 from digits.lib.data import Split, file_digest, load_splits
-from digits.lib.files import atomic_path, project_root, write_json, write_text
+from digits.lib.environment import Environment
+from digits.lib.files import atomic_path, write_json, write_text
 
 if TYPE_CHECKING:
     import keras
@@ -50,6 +51,11 @@ class Outputs:
     metrics: Path
     history: Path
 
+    def remove(self) -> None:
+        """Delete every output there is."""
+        for path in (self.model, self.run_info, self.metrics, self.history):
+            path.unlink(missing_ok=True)
+
 
 def train(
     params: Params,
@@ -60,17 +66,23 @@ def train(
     outputs: Outputs | None = None,
     experiment_id: str | None = None,
     checkpoint_path: Path | None = None,
+    env: Environment | None = None,
 ) -> TrainResult:
     """Fit in an MLflow run that records params, per-epoch metrics, data, code version and the
     model, and write `outputs` inside it, so the run ends FINISHED only once the model is saved.
     (Figures, the learning curves among them, are `evaluate`'s.) With `checkpoint_path` (and
     `train.resume`), a run killed after epoch k continues at epoch k+1 in its own MLflow run,
-    and every epoch's state is saved there."""
+    and every epoch's state is saved there. `env` (the stage's environment) names the DVC
+    experiment, if any."""
     import mlflow
 
     from digits.lib.files import reporting_disk_full
     from digits.lib.tracking import logged_model, runs
+    from digits.lib.tracking.naming import run_name
+    from digits.lib.tracking.provenance import context_tags, log_dataset
     from digits.lib.training import fit_logged
+
+    env = env or Environment()
 
     digest = file_digest(data_path / "train.npz", data_path / "val.npz")
     checkpointer = checkpoint.resumable(params, digest, checkpoint_path)
@@ -78,15 +90,15 @@ def train(
     run_id = start.run_id if start else None
     # system metrics (CPU, memory) every 10 s by MLflow's monitor thread; needs psutil
     with runs.tracked_run(
-        run_name=runs.run_name(params), run_id=run_id, log_system_metrics=True
+        run_name=run_name(params, env), run_id=run_id, log_system_metrics=True
     ) as run:
         if checkpointer is not None:
             checkpointer.run_id = run.info.run_id
         if start is not None:
             checkpoint.reopened(run.info.run_id, start)
         else:
-            mlflow.set_tags(runs.context_tags(root, digest))
-            runs.log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
+            mlflow.set_tags(context_tags(root, digest, env))
+            log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
         model, history, metrics = fit_logged(params, train, val, checkpoint=checkpointer)
         with reporting_disk_full(runs.artifact_dir(run)):
             mlflow.log_table(history, artifact_file="history.json")
@@ -145,24 +157,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     check_fits_memory(params.model)
 
-    from digits.lib.tracking import runs
+    from digits.lib.tracking.store import setup
 
-    root = project_root(args.params)
-    experiment_id = runs.setup(params.mlflow, root)
+    env = Environment.read()
+    root = env.project_root(args.params)
+    experiment_id = setup(params.mlflow, root, env)
     splits = load_splits(args.data, ("train", "val"))
     outputs = Outputs(args.model, args.run_info, args.metrics, args.history)
-    for path in (args.model, args.run_info, args.metrics, args.history):
-        path.unlink(missing_ok=True)  # a failed run leaves none of the last run's outputs
-    result = train(
-        params,
-        splits["train"],
-        splits["val"],
-        args.data,
-        root,
-        outputs,
-        experiment_id,
-        args.checkpoint,
-    )
+    outputs.remove()  # a failed run leaves none of the last run's outputs
+    try:
+        result = train(
+            params,
+            splits["train"],
+            splits["val"],
+            args.data,
+            root,
+            outputs,
+            experiment_id,
+            args.checkpoint,
+            env,
+        )
+    except BaseException:
+        outputs.remove()  # nor its own: written, but its run could not end FINISHED (full store)
+        raise
     log.info(
         "run %s: val accuracy %.4f (epoch %d of %d) in %.0f s",
         result.run_id,

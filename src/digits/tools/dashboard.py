@@ -29,10 +29,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
     import optuna_dashboard
 
-    from digits.lib.files import project_root
+    from digits.lib.environment import Environment
     from digits.tools.sweep.study import open_storage, redact, repair_storage, storage_url
 
-    url = storage_url(params.sweep, project_root(args.params))
+    url = storage_url(params.sweep, Environment.read().project_root(args.params))
     repair_storage(url)
     print(f"optuna-dashboard on {redact(url)}: http://{args.host}:{args.port}")
     optuna_dashboard.run_server(open_storage(url, params.sweep.heartbeat), args.host, args.port)

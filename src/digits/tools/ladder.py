@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from digits.lib.cli import stage_main
 from digits.lib.config import Params, ParamsError, load_params
-from digits.lib.files import project_root, write_text
+from digits.lib.environment import Environment
+from digits.lib.files import write_text
 from digits.lib.vocab import SHIFTED_VAL_ACCURACY
 from digits.tools import provenance
 
@@ -277,9 +278,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     wanted = [r for r in rungs if not args.only or any(o in r.name for o in args.only)]
     selected = [] if args.render else wanted
     if selected:
-        from digits.lib.tracking import runs
+        from digits.lib.tracking.store import setup
 
-        runs.setup(params.mlflow, project_root(args.params))
+        env = Environment.read()
+        setup(params.mlflow, env.project_root(args.params), env)
     results = record(rungs, {}, args.results, args.out)  # --render: rewrite the table only
     for number, rung in enumerate(selected, 1):
         log.info("rung %d of %d", number, len(selected))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from digits.lib.cli import stage_main
+from digits.lib.environment import Environment
 from digits.lib.images import LIMITS
 from digits.lib.inputs import Unreadable, iter_rows
 from digits.lib.model_loading import check_model, check_trust, load_predictor
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     2 on usage errors."""
     args = parse_args(argv)
     check_model(args.model)  # before reading any file or importing TensorFlow
-    check_trust(args.model, args.params, args.trust_model)
+    env = Environment.read()
+    check_trust(args.model, args.params, args.trust_model, env=env)
     from digits.lib.config import load_params
 
     params = load_params(args.params) if args.params.exists() else None
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
 
     def load() -> Predictor:  # with the first rows: not when no input can be read
-        return shifted(load_predictor(args.model, args.params, args.trust_model), shifts)
+        return shifted(load_predictor(args.model, args.params, args.trust_model, env=env), shifts)
 
     inputs = iter_rows(args.files, params.predict if params else LIMITS)
     failed = False

@@ -20,13 +20,14 @@ from typing import Any
 
 from digits.lib.cli import stage_main
 from digits.lib.config import Params, load_params, parse_params
-from digits.lib.files import project_root, write_json, write_text
+from digits.lib.environment import Environment
+from digits.lib.files import write_json, write_text
 from digits.lib.seeds import describe, run_record, seed_list
 
 log = logging.getLogger(__name__)
 
 
-def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
+def repeat(params: Params, data: Path, root: Path, out: Path, env: Environment) -> dict[str, Any]:
     """Train and evaluate `train.repeats` seeds under one parent run, write `seeds.csv` and
     `spread.json` into `out` (and the parent run); returns what `spread.json` holds."""
     import mlflow
@@ -35,6 +36,7 @@ def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
     from digits.lib.data import file_digest, load_splits
     from digits.lib.shifts import keras_predictor, shifted
     from digits.lib.tracking import runs
+    from digits.lib.tracking.provenance import context_tags
     from digits.lib.tracking.seeds import fit_seeds, log_spread
     from digits.stages.evaluate import score
 
@@ -50,7 +52,7 @@ def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
 
     name = f"repeat-{len(seeds)}-seeds"
     with runs.tracked_run(run_name=name, tags={"repeat": "parent"}) as parent:
-        mlflow.set_tags(runs.context_tags(root, digest))
+        mlflow.set_tags(context_tags(root, digest, env))
         record = run_record(params, seeds, **{"data.sha256": digest})
         mlflow.log_params({**record["config"], "train.seed": seeds[0]})
         mlflow.log_params({"train.repeats": len(seeds), "seeds": ",".join(map(str, seeds))})
@@ -83,11 +85,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         tree["train"]["repeats"] = args.repeats
         params = parse_params(tree, f"--repeats {args.repeats} (make repeat K=)")
 
-    from digits.lib.tracking import runs
+    from digits.lib.tracking.store import setup
 
-    root = project_root(args.params)
-    runs.setup(params.mlflow, root)
-    record = repeat(params, args.data, root, args.out)
+    env = Environment.read()
+    root = env.project_root(args.params)
+    setup(params.mlflow, root, env)
+    record = repeat(params, args.data, root, args.out, env)
     print(f"{len(record['seeds'])} seeds {record['seeds']}, parent run {record['run_id']}:")
     print(f"  {'metric':24} {'mean':>10} {'sd':>10} {'min':>10} {'max':>10}")
     for row in describe(record["spread"]):

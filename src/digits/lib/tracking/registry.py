@@ -28,7 +28,9 @@ import numpy as np
 
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
-from digits.lib.tracking import runs
+from digits.lib.process import process_gone, process_id
+from digits.lib.tracking.reaping import PROCESS_TAG
+from digits.lib.tracking.store import TrackingError, check_reachable
 
 PREDICTIONS = "predictions/test.npz"  # each run's test predictions, for the next comparison
 TEST_DIGEST_TAG = "test.sha256"
@@ -146,7 +148,7 @@ def promotion_lock(client: mlflow.MlflowClient, name: str, timeout: float) -> It
         try:
             client.create_registered_model(
                 lock,
-                tags={runs.PROCESS_TAG: runs.process_id()},
+                tags={PROCESS_TAG: process_id()},
                 description=f"held while `evaluate` promotes a version of {name}",
             )
             break
@@ -154,12 +156,12 @@ def promotion_lock(client: mlflow.MlflowClient, name: str, timeout: float) -> It
             if not _exists(err):
                 raise
         try:
-            holder = client.get_registered_model(lock).tags.get(runs.PROCESS_TAG, "")
+            holder = client.get_registered_model(lock).tags.get(PROCESS_TAG, "")
         except MlflowException as err:  # released in between: try again
             if _missing(err):
                 continue
             raise
-        if runs.process_gone(holder):
+        if process_gone(holder):
             with contextlib.suppress(MlflowException):
                 client.delete_registered_model(lock)
             continue
@@ -250,8 +252,8 @@ def register(
 
     uri = mlflow.get_registry_uri()
     try:
-        runs.check_reachable(uri)
-    except runs.TrackingError as err:
+        check_reachable(uri)
+    except TrackingError as err:
         raise RegistryError(f"model registry: {err}") from None
     client = MlflowClient()
     accuracy = float((predicted == labels).mean())

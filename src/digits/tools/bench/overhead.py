@@ -153,9 +153,10 @@ def measure_overhead(params: Path, data: Path, raw: Path, repeats: int) -> Overh
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         out = Path(tmp)
         # the stage logs to a throw-away MLflow store, created here before any timing
-        from digits.lib.tracking import runs as tracking
+        from digits.lib.environment import Environment
+        from digits.lib.tracking.store import setup
 
-        tracking.setup(load_params(params).mlflow, out)
+        setup(load_params(params).mlflow, out, Environment(dvc_root=out))
         env = {**os.environ, "DVC_ROOT": str(out), "TF_CPP_MIN_LOG_LEVEL": "3"}
         env.pop("MLFLOW_TRACKING_URI", None)  # the stage finds the same store via DVC_ROOT
         runs = alternate(params, data, out, env, repeats)

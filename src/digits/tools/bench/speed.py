@@ -158,14 +158,15 @@ def measure_speed(params_path: Path, data: Path, rungs_path: Path, only: Sequenc
     rung), after keras-io's example CNN in the same run, so the ratio compares runs on the same
     machine minutes apart. The rungs' figures also go to the ladder's results and table."""
     from digits.lib.data import load_split
-    from digits.lib.files import project_root
-    from digits.lib.tracking import runs
+    from digits.lib.environment import Environment
+    from digits.lib.tracking.store import setup
     from digits.tools import ladder
 
     params = load_params(params_path)
     every = ladder.load_rungs(rungs_path, params)
     rungs = [r for r in every if any(o in r.name for o in only)]
-    runs.setup(params.mlflow, project_root(params_path))
+    environment = Environment.read()
+    setup(params.mlflow, environment.project_root(params_path), environment)
     sizes = len(load_split(data / "train.npz")), len(load_split(data / "val.npz"))
     convnet = convnet_seconds(data, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     log.info("keras-io mnist_convnet: %s", convnet)

@@ -10,7 +10,7 @@ from digits.lib.cli import stage_main
 from digits.lib.config import ParamsError
 from digits.lib.config.edit import edit_params
 from digits.lib.config.sweep import SweepConfig
-from digits.lib.files import project_root
+from digits.lib.environment import Environment
 from digits.tools.sweep.checks import load_sweep_params
 from digits.tools.sweep.study import SweepOptions, count_trials, redact, storage_url
 
@@ -62,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
     cfg = params.sweep.choose(args.space)
     params = params.model_copy(update={"sweep": cfg})
-    url = storage_url(cfg, project_root(args.params), args.storage)
+    env = Environment.read()
+    url = storage_url(cfg, env.project_root(args.params), args.storage)
     if args.command == "storage":
         print(url if args.show_password else redact(url))
         return
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=workers,
         space=args.space,
         timeout=getattr(args, "timeout", None) or cfg.timeout,
+        env=env,
     )
     from digits.tools.sweep import workers
     from digits.tools.sweep.results import count_trials_line

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digits import PipelineError
 from digits.lib.config import Params
 from digits.lib.config.sweep import SweepConfig
+from digits.lib.environment import Environment
 from digits.lib.urls import check_database
 from digits.lib.vocab import METRIC_TO_KERAS
 
@@ -113,10 +114,10 @@ def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
 
 def close_trial_run(run_id: str, trial: optuna.trial.FrozenTrial) -> None:
     """End a dead worker's trial run FAILED, if this process is set up to log to MLflow (a
-    worker, or the launcher after `runs.setup`; else the launcher's last clean-up does)."""
+    worker, or the launcher after `store.setup`; else the launcher's last clean-up does)."""
     import mlflow
 
-    from digits.lib.tracking.runs import close_run
+    from digits.lib.tracking.reaping import close_run
 
     if not mlflow.is_tracking_uri_set():
         return
@@ -296,3 +297,4 @@ class SweepOptions:
     workers: int = 1
     timeout: float | None = None  # seconds for this `make sweep`
     space: str | None = None  # a named space of `sweep.spaces` instead of `sweep.space`
+    env: Environment = field(default_factory=Environment)  # read once by the launcher's main

@@ -178,11 +178,12 @@ class Objective:
         from digits.lib.checkpoint import remove, reopened
         from digits.lib.config import ParamsError
         from digits.lib.config.runparams import run_params
+        from digits.lib.process import process_id
         from digits.lib.tracking import runs
         from digits.lib.tracking.seeds import fit_seeds, log_spread
         from digits.lib.training import fit_logged
 
-        trial.set_user_attr("worker", runs.process_id())  # first: who owns this trial
+        trial.set_user_attr("worker", process_id())  # first: who owns this trial
         self.interruption.check()
         # a fresh graph: otherwise every earlier trial's layers stay in this process
         keras.backend.clear_session()

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from digits.lib.config import Params, flatten
-from digits.lib.files import project_root
 from digits.tools.sweep.results import write_results
 from digits.tools.sweep.study import (
     SweepOptions,
@@ -61,16 +60,16 @@ def _work(
     import optuna
 
     from digits.lib.data import file_digest, load_splits
-    from digits.lib.tracking import runs
+    from digits.lib.tracking.store import setup
 
     study = open_study(params, opts.storage, opts.study, seed)
-    runs.setup(params.mlflow, project_root(opts.params_path))
+    setup(params.mlflow, opts.env.project_root(opts.params_path), opts.env)
     splits = load_splits(opts.data, ("train", "val"))
     objective = Objective(
         params, splits["train"], splits["val"], parent_run_id, opts.study, interruption
     )
     # next to the journal: on this machine, where a retry of a trial killed here finds it
-    objective.checkpoints = project_root(opts.params_path) / CHECKPOINTS / opts.study
+    objective.checkpoints = opts.env.project_root(opts.params_path) / CHECKPOINTS / opts.study
     objective.data_digest = file_digest(opts.data / "train.npz", opts.data / "val.npz")
     failures: list[int] = []
 
@@ -123,7 +122,7 @@ def fail_orphans(
     import optuna
     from optuna.trial import TrialState
 
-    from digits.lib.tracking.runs import process_gone
+    from digits.lib.process import process_gone
 
     dead = set(dead)
     failed = []
@@ -178,7 +177,7 @@ def run_workers(
     for them, calling `on_exit(worker id, exit code)` as each one ends (at once, so a killed
     worker's trial is freed while the others work on) and `beat()` every half second; Ctrl-C
     or SIGTERM is passed on to each as SIGINT. Returns {worker id: exit code}."""
-    from digits.lib.tracking.runs import process_id
+    from digits.lib.process import process_id
 
     # the storage is not in argv: it may hold a password
     env = {**os.environ, "OPTUNA_STORAGE": storage, **thread_env(threads)}
@@ -231,6 +230,8 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
     import mlflow
 
     from digits.lib.tracking import runs
+    from digits.lib.tracking.reaping import close_dead_runs, keep_alive
+    from digits.lib.tracking.store import setup
 
     assert params.sweep is not None
     repair_storage(opts.storage)
@@ -250,8 +251,8 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
 
     counts = count_trials(study)
     log.info("study %r in %s: %s", opts.study, redact(opts.storage), counts)
-    experiment_id = runs.setup(params.mlflow, project_root(opts.params_path))
-    runs.close_dead_runs(experiment_id, orphans=orphan_runs(study))
+    experiment_id = setup(params.mlflow, opts.env.project_root(opts.params_path), opts.env)
+    close_dead_runs(experiment_id, orphans=orphan_runs(study))
     if counts.finished >= opts.n_trials:
         log.info(
             "%d finished trials already (target %d): nothing to run; raise N_TRIALS to go on",
@@ -262,7 +263,8 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
 
     tags = {"optuna.study": opts.study, "optuna.storage": redact(opts.storage), "sweep": "parent"}
     tags["optuna.pruning"] = reason or ("off" if params.sweep.pruner == "none" else "on")
-    with runs.tracked_run(run_name=f"sweep-{opts.study}", tags=tags) as parent:
+    beats = params.sweep.heartbeat  # as `beat` below: both promise 3 beats
+    with runs.tracked_run(beats, run_name=f"sweep-{opts.study}", tags=tags) as parent:
         mlflow.log_params(
             {
                 f"sweep.{k}": v
@@ -304,7 +306,7 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
             nonlocal next_beat
             if time.monotonic() >= next_beat:
                 try:
-                    runs.keep_alive(parent.info.run_id, grace)
+                    keep_alive(parent.info.run_id, grace)
                     next_beat = time.monotonic() + params.sweep.heartbeat
                 except Exception as err:  # an unreachable server must not stop the workers
                     log.warning("could not renew run %s: %s", parent.info.run_id, err)
@@ -325,7 +327,7 @@ def sweep(params: Params, opts: SweepOptions) -> dict[str, Any]:
             study = open_study(params, opts.storage, opts.study, params.sweep.seed)
             if failed := fail_orphans(study, single_host=alone):
                 log.warning("trials %s lost their worker: marked FAIL, retried", failed)
-            runs.close_dead_runs(experiment_id, orphans=orphan_runs(study))
+            close_dead_runs(experiment_id, orphans=orphan_runs(study))
         if bad := {w: c for w, c in codes.items() if c}:
             log.warning("workers exited abnormally: %s", bad)
         summary = results()
