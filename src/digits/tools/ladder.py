@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from digits.lib.cli import stage_main
 from digits.lib.config import Params, ParamsError, load_params
 from digits.lib.files import project_root, write_text
+from digits.lib.tracking.promotion import PROMOTE_ENV
 from digits.lib.vocab import SHIFTED_VAL_ACCURACY
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,15 @@ def exp_command(rung: Rung) -> list[str]:
     return command
 
 
-def run_rung(rung: Rung) -> float:
-    """Remove an earlier experiment of the same name, run the rung; returns its wall seconds."""
+def run_rung(rung: Rung, promote: bool = False) -> float:
+    """Remove an earlier experiment of the same name, run the rung; returns its wall seconds.
+    Its model is registered and compared, and takes the champion alias only with `promote`."""
     subprocess.run(["dvc", "exp", "remove", rung.exp_name], capture_output=True, check=False)
     seed = f", seed {rung.seed}" if rung.seed is not None else ""
     log.info("%s%s: %s", rung.name, seed, " ".join(exp_command(rung)))
     started = time.perf_counter()
-    subprocess.run(exp_command(rung), check=True)
+    env = {**os.environ, PROMOTE_ENV: "1" if promote else "0"}
+    subprocess.run(exp_command(rung), check=True, env=env)
     return time.perf_counter() - started
 
 
@@ -183,12 +186,13 @@ def record(
     return results
 
 
-def measure(rung: Rung, params: Params) -> dict[str, Any]:
-    """Run the rung (once per seed when repeated); its figures, dated."""
+def measure(rung: Rung, params: Params, promote: bool = False) -> dict[str, Any]:
+    """Run the rung (once per seed when repeated); its figures, dated. `promote`: its models
+    may take the champion alias."""
     seeded = rung.seeded(params.train.seed)
     runs = []
     for run in seeded:
-        wall = run_rung(run)
+        wall = run_rung(run, promote)
         runs.append({**rung_result(run, params.mlflow.experiment), "wall": wall})
     result = summarise(runs, [run.seed for run in seeded]) if rung.repeats > 1 else runs[0]
     return {**result, "date": date.today().isoformat()}
@@ -268,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--render", action="store_true", help="rewrite --out from --results; run nothing"
     )
+    parser.add_argument(
+        "--promote", action="store_true", help="let the rungs' models take the champion alias"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     rungs = load_rungs(args.rungs, params)
@@ -282,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for number, rung in enumerate(selected, 1):
         log.info("rung %d of %d", number, len(selected))
         # recorded after each rung: the figures survive a later rung's failure
-        results = record(rungs, {rung.name: measure(rung, params)}, args.results, args.out)
+        results = record(
+            rungs, {rung.name: measure(rung, params, args.promote)}, args.results, args.out
+        )
         log.info(
             "%s: %.2f%% (reference %.2f%%)",
             rung.name,

@@ -33,10 +33,10 @@ def repeat(params: Params, data: Path, root: Path, out: Path) -> dict[str, Any]:
     import pandas as pd
 
     from digits.lib.data import file_digest, load_splits
+    from digits.lib.scoring import score
     from digits.lib.shifts import keras_predictor, shifted
     from digits.lib.tracking import runs
     from digits.lib.tracking.seeds import fit_seeds, log_spread
-    from digits.stages.evaluate import score
 
     splits = load_splits(data, ("train", "val", "test"))
     test = splits["test"]
