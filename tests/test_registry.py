@@ -213,6 +213,45 @@ def test_runs_that_may_not_promote_are_compared_but_never_crowned(store) -> None
     assert register(predictions(200)).test.challengers == 1
 
 
+PROMOTER = """
+import sys
+import mlflow
+import numpy as np
+from digits.lib.config import MLflowConfig
+from digits.lib.tracking import registry
+from digits.lib.tracking.promotion import Challenger
+
+uri, run_id, model_uri, path = sys.argv[1:]
+mlflow.set_tracking_uri(uri)
+with np.load(path) as npz:
+    challenger = Challenger(run_id, model_uri, npz["labels"], npz["probabilities"], "d" * 64, "s")
+print(registry.register(challenger, MLflowConfig())[0].decision)
+"""
+
+
+@pytest.mark.integration  # two promoting processes
+def test_two_evaluates_promoting_at_once_leave_the_better_model(store, tmp_path) -> None:
+    """Both beat the champion; whichever order the lock lets them in, the second is compared
+    with the first's result, so the stronger ends champion and the lock is left empty."""
+    register(predictions(60), signature="s")
+    processes = []
+    for right in (200, 120):
+        candidate = challenger(predictions(right), signature="s")
+        path = tmp_path / f"{right}.npz"
+        np.savez(path, labels=candidate.labels, probabilities=candidate.probabilities)
+        argv = [mlflow.get_tracking_uri(), candidate.run_id, candidate.model_uri, str(path)]
+        command = [sys.executable, "-c", PROMOTER, *argv]
+        processes.append(subprocess.Popen(command, env=stage_env(), stdout=subprocess.PIPE))
+    decisions = [process.communicate(timeout=300)[0].decode().split() for process in processes]
+    assert all(process.returncode == 0 for process in processes)
+    strong = store.search_model_versions(f"name = '{CFG.registered_model}'")
+    (best,) = [v for v in strong if v.tags["test_accuracy"] == "1.0"]
+    assert champion(store) == str(best.version)
+    assert sorted(d[-1] for d in decisions) in (["kept", "promoted"], ["promoted", "promoted"])
+    lock = f"{CFG.registered_model}-promotion-lock"
+    assert store.search_model_versions(f"name = '{lock}'") == []
+
+
 def test_unreachable_registry_fails_the_run_and_leaves_the_alias(store, monkeypatch) -> None:
     register(predictions(100))
     candidate = challenger(predictions(200))

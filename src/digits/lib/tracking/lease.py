@@ -89,7 +89,9 @@ def expired(version: mlflow.entities.model_registry.ModelVersion, now: float) ->
     return runs.process_gone(version.tags.get(runs.PROCESS_TAG, ""))
 
 
-def _enter(client: mlflow.MlflowClient, name: str, seconds: float, holder: str) -> Lease:
+def enter(client: mlflow.MlflowClient, name: str, seconds: float, holder: str) -> Lease:
+    """Join the queue for lock `name` as `holder`, with a lease of `seconds` (not renewed
+    here: `promotion_lock` starts the renewal)."""
     from mlflow.exceptions import MlflowException
 
     with contextlib.suppress(MlflowException):  # exists already: the usual case
@@ -156,7 +158,7 @@ def promotion_lock(
     """Hold the promotion lock of registered model `base` for the `with` block: wait up to
     `timeout` s for the contenders ahead, renew the lease every `seconds` / 3 meanwhile.
     `holder` names the process in the lock (default: this one's `process_id`)."""
-    lease = _enter(client, lock_name(base), seconds, holder or runs.process_id())
+    lease = enter(client, lock_name(base), seconds, holder or runs.process_id())
     renewer = threading.Thread(target=lease.renew_forever, name="lease-renewal", daemon=True)
     renewer.start()
     try:
