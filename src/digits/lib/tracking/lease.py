@@ -28,7 +28,9 @@ from digits.lib.tracking import runs
 LEASE_SECONDS = 60.0  # how long a contender that stopped renewing keeps its place
 TOKEN_TAG = "lease.token"
 EXPIRES_TAG = "lease.expires"
-SOURCE = "mlflow-artifacts:/promotion-lock"  # the API wants a source; nothing is stored there
+# the API wants a source; nothing is stored there (a tracking server refuses local paths and
+# artifact URIs outside a run)
+SOURCE = "lease:/promotion-lock"
 
 
 class LeaseError(PipelineError):
@@ -101,7 +103,11 @@ def enter(client: mlflow.MlflowClient, name: str, seconds: float, holder: str) -
     token = uuid.uuid4().hex
     tags = {TOKEN_TAG: token, EXPIRES_TAG: f"{time.time() + seconds:.3f}"}
     version = client.create_model_version(
-        name, SOURCE, tags={**tags, runs.PROCESS_TAG: holder}, description="promotion lock"
+        name,
+        SOURCE,
+        tags={**tags, runs.PROCESS_TAG: holder},
+        description="promotion lock",
+        await_creation_for=0,  # nothing to copy: ready at once
     )
     return Lease(client, name, str(version.version), token, seconds)
 
