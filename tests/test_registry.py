@@ -196,6 +196,12 @@ def test_a_run_evaluated_again_registers_nothing_and_keeps_its_predictions(store
     kept = registry.load_predictions(first.run_id)
     np.testing.assert_array_equal(kept["predicted"], stored["predicted"])
     assert "it holds models:/mnist-digits@champion" in registry.registration_line(again, 0.9)
+    # an alias renamed in params.yaml: the version evaluated again is the first to hold it
+    renamed = CFG.model_copy(update={"champion_alias": "best"})
+    best = registry.register(redone, renamed)[0]
+    assert (best.decision, best.version, best.champion) == (Decision.FIRST, "1", True)
+    assert str(store.get_model_version_by_alias(CFG.registered_model, "best").version) == "1"
+    assert len(store.search_model_versions(f"name = '{CFG.registered_model}'")) == 1
 
 
 def test_runs_that_may_not_promote_are_compared_but_never_crowned(store) -> None:

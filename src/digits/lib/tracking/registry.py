@@ -30,7 +30,7 @@ import numpy as np
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
 from digits.lib.tracking import runs
-from digits.lib.tracking.lease import LEASE_SECONDS, promotion_lock
+from digits.lib.tracking.lease import LEASE_SECONDS, Lease, promotion_lock
 from digits.lib.tracking.promotion import (
     Challenger,
     Champion,
@@ -170,25 +170,30 @@ def _champion(client: mlflow.MlflowClient, name: str, alias: str) -> Champion | 
     return Champion(str(holder), predictions, len(tested))
 
 
-def _already(client: mlflow.MlflowClient, run_id: str, alias: str) -> Registration | None:
-    """The registration of a run that is a version already (evaluated again), else None."""
-    found = client.search_model_versions(f"run_id = '{run_id}'")
+def _already(
+    client: mlflow.MlflowClient, challenger: Challenger, alias: str, lease: Lease
+) -> Registration | None:
+    """The registration of a run that is a version already (evaluated again), else None. Such
+    a version is not registered or compared again; it takes the alias only where no version
+    holds it (an alias renamed in params.yaml: the first version evaluated under it)."""
+    found = client.search_model_versions(f"run_id = '{challenger.run_id}'")
     if not found:
         return None
     version = min(found, key=lambda v: int(v.version))
-    holder = client.get_registered_model(version.name).aliases.get(alias)
+    name, number = version.name, str(version.version)
+    holder = client.get_registered_model(name).aliases.get(alias)
     was = version.tags.get("registry.decision", "unknown")
-    return Registration(
-        name=version.name,
-        version=str(version.version),
-        alias=alias,
-        champion=str(holder) == str(version.version),
-        decision=Decision.ALREADY_REGISTERED,
-        reason=(
-            f"run {run_id} is version {version.version} of {version.name} already (decided: "
-            f"{was}): nothing new registered, its stored predictions kept"
-        ),
+    reason = (
+        f"run {challenger.run_id} is version {number} of {name} already (decided: {was}): "
+        "nothing new registered, its stored predictions kept"
     )
+    if holder is None and challenger.may_promote:
+        lease.check()
+        client.set_registered_model_alias(name, alias, number)
+        reason = f"no version of {name} held {alias}; {reason}"
+        return Registration(name, number, alias, True, Decision.FIRST, reason)
+    crowned = str(holder) == number
+    return Registration(name, number, alias, crowned, Decision.ALREADY_REGISTERED, reason)
 
 
 def register(
@@ -213,7 +218,7 @@ def register(
     client = MlflowClient()
     try:
         with promotion_lock(client, cfg.registered_model, lock_timeout, lease_seconds) as lease:
-            if (again := _already(client, challenger.run_id, cfg.champion_alias)) is not None:
+            if (again := _already(client, challenger, cfg.champion_alias, lease)) is not None:
                 return again, None
             save_predictions(client, challenger)
             key = {
