@@ -185,6 +185,7 @@ def test_a_better_model_is_compared_with_the_champion_side_by_side(models) -> No
     assert "comparison/fixed_and_broke.json" in artifacts
     report = (second / "report.md").read_text()
     assert "## Model registry" in report and "McNemar exact p-value" in report
+    assert "| level: significance / k | 0.05 (k = 1) |" in report
     assert "![Confusion matrix against the champion](figures/champion_vs_challenger.png)" in report
     assert "### Fixed and broken test digits" in report
     assert "![Reliability diagram (calibration)](figures/reliability.png)" in report

@@ -151,6 +151,7 @@ def registry_section(registry: dict[str, Any], images: dict[str, str]) -> list[s
                     ("fixed (challenger right, champion wrong): c", test["c"]),
                     ("broke (champion right, challenger wrong): b", test["b"]),
                     ("McNemar exact p-value", f"{test['p_value']:.4g}"),
+                    *_level_row(test),
                     ("decision", registry["decision"]),
                 ],
                 ("champion against challenger", "value"),
@@ -170,6 +171,13 @@ def registry_section(registry: dict[str, Any], images: dict[str, str]) -> list[s
         more = f" ({len(shown)} of {len(rows)}; all in the run)" if len(shown) < len(rows) else ""
         parts += [f"### Fixed and broken test digits{more}", _table(cells, header)]
     return parts
+
+
+def _level_row(test: dict[str, Any]) -> list[tuple[str, str]]:
+    """The level the p-value had to beat: significance / k, k = the champion's challengers."""
+    if test.get("level") is None:  # written before the level was shared
+        return []
+    return [("level: significance / k", f"{test['level']:.4g} (k = {test['challengers']})")]
 
 
 @stage_main
