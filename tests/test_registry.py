@@ -114,6 +114,7 @@ def test_first_version_is_champion_and_only_a_significant_win_moves_the_alias(st
 
     worse = register(predictions(60))
     assert worse.decision == Decision.KEPT and worse.test.b == 40
+    assert ": not better; rule: a challenger takes the alias" in worse.reason
     assert champion(store) == "1"
 
     better = register(predictions(120, offset=10))  # fixed 30, broke 10
@@ -141,7 +142,9 @@ def test_each_challenger_of_a_champion_shares_the_test_level(store) -> None:
     lucky = register(predictions(106))  # fixed 6, broke 0: p = 0.03125
     assert (lucky.test.challengers, lucky.test.level) == (3, pytest.approx(0.05 / 3))
     assert lucky.decision == Decision.KEPT and champion(store) == "1"
-    assert "not below 0.05 / 3 = 0.0167 (challenger 3 of version 1" in lucky.reason
+    assert "at level 0.05 / 3 = 0.0167 (challenger 3 of version 1): not significant" in (
+        lucky.reason
+    )
     strong = register(predictions(150))
     assert strong.decision == Decision.PROMOTED and strong.test.challengers == 4
     again = register(predictions(156))  # fixed 6 of the new champion's, broke 0

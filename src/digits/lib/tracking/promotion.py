@@ -163,10 +163,11 @@ def decide(challenger: Challenger, champion: Champion | None, significance: floa
         level=significance / k,
     )
     won = promotes(test, significance / k)
+    outcome = "better" if won else "not better" if test.c <= test.b else "not significant"
     reason = (
         f"fixed {test.c} and broke {test.b} of the champion's test digits; McNemar "
-        f"p = {test.p_value:.3g}, {'' if won else 'not '}below {significance} / {k} = "
-        f"{significance / k:.3g} (challenger {k} of version {champion.version}; {RULE})"
+        f"p = {test.p_value:.3g} at level {significance} / {k} = {significance / k:.3g} "
+        f"(challenger {k} of version {champion.version}): {outcome}; rule: {RULE}"
     )
     if not won:
         return Verdict(Decision.KEPT, reason, test)
