@@ -55,7 +55,20 @@ class Lease:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def check(self) -> None:
-        """Raise unless the lease is still this process's (call before acting under it)."""
+        """Raise unless the lease is still this process's: its version is there and not
+        expired (asked of the registry now: call it right before acting under the lock)."""
+        from mlflow.exceptions import MlflowException
+
+        if not self.lost.is_set():
+            try:
+                mine = self.client.get_model_version(self.name, self.version)
+            except MlflowException as err:
+                if not _missing(err):
+                    raise
+                self.lost.set()
+            else:
+                if float(mine.tags.get(EXPIRES_TAG, "0")) < time.time():
+                    self.lost.set()
         if self.lost.is_set():
             raise LeaseError(
                 f"lost {self.name} version {self.version}: it was not renewed within "
@@ -124,6 +137,7 @@ def _wait_turn(lease: Lease, timeout: float) -> None:
             (v for v in found if int(v.version) < int(lease.version)), key=lambda v: int(v.version)
         )
         if not ahead:
+            lease.check()  # and ours still there: deleted by one who saw it expire, it is not
             return
         now = time.time()
         for version in ahead:
