@@ -39,8 +39,8 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ids=["default", "softmax"],
 )
 def test_accuracy_target(mnist: Path, overrides: dict, target: float) -> None:
+    from digits.lib.scoring import score
     from digits.lib.training import fit
-    from digits.stages.evaluate import score
 
     params = load_params(ROOT / "params.yaml").with_overrides(overrides)
     splits = load_splits(mnist)

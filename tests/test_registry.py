@@ -1,15 +1,15 @@
-"""The model registry against a real MLflow store: versions compete only on the same test data
-and input signature, McNemar's exact test decides, promotion is atomic under a race, an
+"""The model registry against a real MLflow store: versions compete only on the same test data,
+input signature and views, McNemar's exact test decides at a level shared by a champion's
+challengers, a run evaluated again registers nothing, runs that may not promote never do, an
 unreachable registry fails the run and leaves the alias, and `mlflow models serve` answers for
-`models:/...@champion` on loopback."""
+`models:/...@champion` on loopback. The promotion lock's processes: tests/test_lease.py."""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,9 +21,8 @@ import pytest
 
 from digits.lib.config import MLflowConfig
 from digits.lib.environment import Environment
-from digits.lib.process import process_id
-from digits.lib.tracking import logged_model, registry, runs
-from digits.lib.tracking.reaping import PROCESS_TAG
+from digits.lib.tracking import logged_model, promotion, registry, runs
+from digits.lib.tracking.promotion import Challenger, Decision
 from digits.lib.tracking.store import EXPERIMENT_KIND, setup
 
 from helpers import free_port, fresh_store, stage_env, wait_until
@@ -58,17 +57,16 @@ def predictions(right: int, offset: int = 0) -> np.ndarray:
     return predicted
 
 
-def challenger(predicted: np.ndarray, labels: np.ndarray = LABELS) -> str:
-    """A run that stored its test predictions and logged a model, as `evaluate` sees it."""
-    with runs.tracked_run():
-        registry.log_predictions(labels, np.eye(10)[predicted])
+def challenger(predicted: np.ndarray, labels: np.ndarray = LABELS, **kwargs) -> Challenger:
+    """A run that logged a model and was scored with `predicted`, as `evaluate` hands it over."""
+    with runs.tracked_run() as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=Constant(), pip_requirements=[])
-    return info.model_uri
+    fields = {"digest": "d" * 64, "signature": SIGNATURE, **kwargs}
+    return Challenger(run.info.run_id, info.model_uri, labels, np.eye(10)[predicted], **fields)
 
 
-def register(predicted, digest="d" * 64, signature=SIGNATURE, labels=LABELS, **kwargs):
-    uri = challenger(predicted, labels)
-    return registry.register(uri, labels, predicted, digest, signature, CFG, **kwargs)[0]
+def register(predicted, labels=LABELS, **kwargs) -> registry.Registration:
+    return registry.register(challenger(predicted, labels, **kwargs), CFG)[0]
 
 
 def champion(client, name: str = CFG.registered_model) -> str:
@@ -80,57 +78,87 @@ def test_mcnemar_exact_p_values() -> None:
     before = np.array([0] * 10 + [1] * 10)  # right on the first 10
     # fixed 6 (10..15), broke 0: p = 2 * 0.5**6
     after = np.array([0] * 16 + [1] * 4)
-    assert registry.mcnemar(labels, before, after) == registry.Test(0, 6, 2 * 0.5**6)
+    assert promotion.mcnemar(labels, before, after) == promotion.Test(0, 6, 2 * 0.5**6)
     # fixed 5, broke 1: p = 2 * (1 + 6) / 2**6
     after = np.array([1] + [0] * 14 + [1] * 5)
-    test = registry.mcnemar(labels, before, after)
+    test = promotion.mcnemar(labels, before, after)
     assert (test.b, test.c) == (1, 5) and test.p_value == pytest.approx(2 * 7 / 64)
-    assert registry.mcnemar(labels, before, before) == registry.Test(0, 0, 1.0)
-    assert registry.promotes(registry.Test(0, 6, 0.03125), 0.05)
-    assert not registry.promotes(registry.Test(0, 6, 0.03125), 0.01)
-    assert not registry.promotes(registry.Test(6, 0, 0.03125), 0.05)  # significantly worse
+    assert promotion.mcnemar(labels, before, before) == promotion.Test(0, 0, 1.0)
+    assert promotion.promotes(promotion.Test(0, 6, 0.03125), 0.05)
+    assert not promotion.promotes(promotion.Test(0, 6, 0.03125), 0.01)
+    assert not promotion.promotes(promotion.Test(6, 0, 0.03125), 0.05)  # significantly worse
 
 
 def test_test_digest_is_of_the_content() -> None:
     x = np.random.default_rng(0).random((5, 784), dtype=np.float32)
     labels = np.arange(5)
-    assert registry.test_digest(x, labels) == registry.test_digest(x.copy(), labels.copy())
-    assert registry.test_digest(x, labels) != registry.test_digest(x[:4], labels[:4])
-    assert registry.test_digest(x, labels) != registry.test_digest(x, labels[::-1])
+    assert promotion.test_digest(x, labels) == promotion.test_digest(x.copy(), labels.copy())
+    assert promotion.test_digest(x, labels) != promotion.test_digest(x[:4], labels[:4])
+    assert promotion.test_digest(x, labels) != promotion.test_digest(x, labels[::-1])
+
+
+@pytest.mark.parametrize(("value", "allowed"), [("1", True), ("", True), ("0", False)])
+def test_digits_promote_is_on_or_off(value: str, allowed: bool) -> None:
+    assert promotion.may_promote({promotion.PROMOTE_ENV: value}) is allowed
+    assert promotion.may_promote({}) is True
+    with pytest.raises(promotion.PromoteEnvError, match="DIGITS_PROMOTE='maybe': use 1"):
+        promotion.may_promote({promotion.PROMOTE_ENV: "maybe"})
 
 
 def test_first_version_is_champion_and_only_a_significant_win_moves_the_alias(store) -> None:
     first = register(predictions(100))
-    assert (first.version, first.decision, first.champion) == ("1", "first", True)
+    assert (first.version, first.decision, first.champion) == ("1", Decision.FIRST, True)
 
     noise = register(predictions(103))  # fixed 3, broke 0: p = 0.25
-    assert (noise.decision, noise.champion, noise.previous) == ("kept", False, "1")
+    assert (noise.decision, noise.champion, noise.previous) == (Decision.KEPT, False, "1")
     assert (noise.test.b, noise.test.c) == (0, 3) and noise.test.p_value == pytest.approx(0.25)
     assert champion(store) == "1"
 
     worse = register(predictions(60))
-    assert worse.decision == "kept" and worse.test.b == 40
+    assert worse.decision == Decision.KEPT and worse.test.b == 40
+    assert ": not better; rule: a challenger takes the alias" in worse.reason
     assert champion(store) == "1"
 
     better = register(predictions(120, offset=10))  # fixed 30, broke 10
     assert (better.test.b, better.test.c) == (10, 30)
-    assert better.test.p_value < 0.05
-    assert (better.decision, better.champion) == ("promoted", True)
+    assert better.test.p_value < 0.05 / 3  # the third challenger of version 1
+    assert (better.decision, better.champion) == (Decision.PROMOTED, True)
     assert champion(store) == better.version == "4"
     tags = store.get_model_version(CFG.registered_model, "4").tags
     assert tags["registry.decision"] == "promoted"
     assert (tags["registry.b"], tags["registry.c"]) == ("10", "30")
     assert float(tags["registry.p_value"]) == pytest.approx(better.test.p_value, rel=1e-5)
     assert tags["registry.compared_with"] == "1"
+    assert tags["registry.challengers"] == "3"
+    assert float(tags["registry.level"]) == pytest.approx(0.05 / 3, rel=1e-5)
     assert tags[registry.TEST_DIGEST_TAG] == "d" * 64
-    assert "McNemar" in tags["registry.reason"]
+    assert "McNemar" in tags["registry.reason"] and "significance / k" in tags["registry.reason"]
 
 
-def test_other_test_data_or_signature_is_registered_but_never_compared(store) -> None:
+def test_each_challenger_of_a_champion_shares_the_test_level(store) -> None:
+    """Bonferroni: the k-th challenger of the same champion must reach p < 0.05 / k; the count
+    starts again at a new champion. A win at p = 0.031 promotes a first challenger only."""
+    register(predictions(100))
+    register(predictions(100))  # challenger 1: identical, kept
+    register(predictions(100))  # challenger 2
+    lucky = register(predictions(106))  # fixed 6, broke 0: p = 0.03125
+    assert (lucky.test.challengers, lucky.test.level) == (3, pytest.approx(0.05 / 3))
+    assert lucky.decision == Decision.KEPT and champion(store) == "1"
+    assert "at level 0.05 / 3 = 0.0167 (challenger 3 of version 1): not significant" in (
+        lucky.reason
+    )
+    strong = register(predictions(150))
+    assert strong.decision == Decision.PROMOTED and strong.test.challengers == 4
+    again = register(predictions(156))  # fixed 6 of the new champion's, broke 0
+    assert (again.test.challengers, again.decision) == (1, Decision.PROMOTED)
+    assert champion(store) == again.version
+
+
+def test_other_test_data_signature_or_shifts_are_registered_but_never_compared(store) -> None:
     register(predictions(150))
     other = register(predictions(200), digest="e" * 64)  # perfect, but on other images
     assert other.name == f"{CFG.registered_model}-eeeeeeee"
-    assert (other.decision, other.champion) == ("first", True)  # the first of its own data
+    assert (other.decision, other.champion) == (Decision.FIRST, True)  # first of its own data
     assert other.not_compared_with == CFG.registered_model
     assert "test data eeeeeeee differs" in other.reason
     assert champion(store) == "1"  # the MNIST-like champion did not move
@@ -145,85 +173,105 @@ def test_other_test_data_or_signature_is_registered_but_never_compared(store) ->
     assert "input [Tensor('float32', (-1, 64))] differs" in shaped.reason and shaped.champion
     assert champion(store) == "1"
 
-    again = register(predictions(60), digest="e" * 64)  # the second of that data: compared
-    assert again.name == other.name and again.decision == "kept" and again.test.b == 140
-
-
-@pytest.mark.parametrize("locked", [True, False])
-def test_racing_promotions_leave_the_better_model(store, monkeypatch, locked: bool) -> None:
-    """Two challengers that both beat the champion, paused after reading it, released in the
-    worst order (the stronger sets the alias first). With the lock the second compares with the
-    first's result; without it (the control) the weaker ends champion."""
-    if not locked:
-        monkeypatch.setattr(registry, "promotion_lock", lambda *a: contextlib.nullcontext())
-    register(predictions(60))
-    strong_uri, weak_uri = challenger(predictions(200)), challenger(predictions(120))
-    both_read = threading.Barrier(2, timeout=3)
-    strong_done = threading.Event()
-    results: dict[str, registry.Registration] = {}
-    errors: list[BaseException] = []
-
-    def pause(who: str) -> None:
-        with contextlib.suppress(threading.BrokenBarrierError):  # the lock kept the other out
-            both_read.wait()
-            if who == "weak":
-                strong_done.wait(timeout=30)
-
-    def promote(who: str, uri: str, predicted: np.ndarray) -> None:
-        try:
-            results[who] = registry.register(
-                uri, LABELS, predicted, "d" * 64, SIGNATURE, CFG, after_read=lambda: pause(who)
-            )[0]
-        except BaseException as err:
-            errors.append(err)
-        finally:
-            if who == "strong":
-                strong_done.set()
-
-    threads = [
-        threading.Thread(target=promote, args=("strong", strong_uri, predictions(200))),
-        threading.Thread(target=promote, args=("weak", weak_uri, predictions(120))),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    winner = champion(store)
-    if locked:
-        assert winner == results["strong"].version
-        assert (
-            store.search_registered_models(f"name = '{CFG.registered_model}-promotion-lock'") == []
-        )
-    else:
-        assert winner == results["weak"].version  # the race the lock prevents
-
-
-def test_a_lock_left_by_a_dead_process_is_broken_a_live_one_waited_for(store) -> None:
-    lock = f"{CFG.registered_model}-promotion-lock"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    store.create_registered_model(lock, tags={PROCESS_TAG: process_id(dead.pid)})
-    assert register(predictions(100)).decision == "first"
-    assert store.search_registered_models(f"name = '{lock}'") == []
-
-    store.create_registered_model(lock, tags={PROCESS_TAG: process_id()})
-    started = time.monotonic()
-    with pytest.raises(registry.RegistryError, match="is held by"):
-        register(predictions(150), lock_timeout=1)
-    assert 1 <= time.monotonic() - started < 30
+    # nine views per image: paired with one-view predictions, fixed and broke would mix the
+    # models with the views; and `mlflow models serve` answers in one view
+    viewed = register(predictions(200), shifts=1)
+    assert viewed.name.startswith(f"{CFG.registered_model}-dddddddd-")
+    assert viewed.decision == Decision.FIRST and viewed.test is None
+    assert "evaluate.shifts 1 differs from mnist-digits's 0" in viewed.reason
     assert champion(store) == "1"
+    assert register(predictions(150), shifts=1).name == viewed.name
+
+    again = register(predictions(60), digest="e" * 64)  # the second of that data: compared
+    assert again.name == other.name and again.decision == Decision.KEPT and again.test.b == 140
+
+
+def test_a_run_evaluated_again_registers_nothing_and_keeps_its_predictions(store) -> None:
+    first = challenger(predictions(100))
+    assert registry.register(first, CFG)[0].decision == Decision.FIRST
+    stored = registry.load_predictions(first.run_id)
+    # evaluated again (say with other views): other predictions, the same run and model
+    redone = dataclasses.replace(first, probabilities=np.eye(10)[predictions(180)], shifts=1)
+    again, before = registry.register(redone, CFG)
+    assert (again.decision, again.version, again.champion) == (
+        Decision.ALREADY_REGISTERED, "1", True
+    )  # fmt: skip
+    assert before is None and "nothing new registered" in again.reason
+    assert len(store.search_model_versions(f"name = '{CFG.registered_model}'")) == 1
+    kept = registry.load_predictions(first.run_id)
+    np.testing.assert_array_equal(kept["predicted"], stored["predicted"])
+    assert "it holds models:/mnist-digits@champion" in registry.registration_line(again, 0.9)
+    # an alias renamed in params.yaml: the version evaluated again is the first to hold it
+    renamed = CFG.model_copy(update={"champion_alias": "best"})
+    best = registry.register(redone, renamed)[0]
+    assert (best.decision, best.version, best.champion) == (Decision.FIRST, "1", True)
+    assert str(store.get_model_version_by_alias(CFG.registered_model, "best").version) == "1"
+    assert len(store.search_model_versions(f"name = '{CFG.registered_model}'")) == 1
+
+
+def test_runs_that_may_not_promote_are_compared_but_never_crowned(store) -> None:
+    trial = register(predictions(100), may_promote=False)  # a ladder rung, no champion yet
+    assert (trial.decision, trial.champion) == (Decision.HELD_BACK, False)
+    assert store.get_registered_model(CFG.registered_model).aliases == {}
+    first = register(predictions(100))
+    assert first.decision == Decision.FIRST and champion(store) == first.version
+    rung = register(predictions(200), may_promote=False)  # far better: would be promoted
+    assert (rung.decision, rung.champion, rung.test.challengers) == (Decision.HELD_BACK, False, 1)
+    assert "promotion off" in rung.reason and champion(store) == first.version
+    tags = store.get_model_version(CFG.registered_model, rung.version).tags
+    assert tags["registry.may_promote"] == "False"
+    # the held-back rung could not have promoted: it does not count against the next one
+    assert register(predictions(200)).test.challengers == 1
+
+
+PROMOTER = """
+import sys
+import mlflow
+import numpy as np
+from digits.lib.config import MLflowConfig
+from digits.lib.tracking import registry
+from digits.lib.tracking.promotion import Challenger
+
+uri, run_id, model_uri, path = sys.argv[1:]
+mlflow.set_tracking_uri(uri)
+with np.load(path) as npz:
+    challenger = Challenger(run_id, model_uri, npz["labels"], npz["probabilities"], "d" * 64, "s")
+print(registry.register(challenger, MLflowConfig())[0].decision)
+"""
+
+
+@pytest.mark.integration  # two promoting processes
+def test_two_evaluates_promoting_at_once_leave_the_better_model(store, tmp_path) -> None:
+    """Both beat the champion; whichever order the lock lets them in, the second is compared
+    with the first's result, so the stronger ends champion and the lock is left empty."""
+    register(predictions(60), signature="s")
+    processes = []
+    for right in (200, 120):
+        candidate = challenger(predictions(right), signature="s")
+        path = tmp_path / f"{right}.npz"
+        np.savez(path, labels=candidate.labels, probabilities=candidate.probabilities)
+        argv = [mlflow.get_tracking_uri(), candidate.run_id, candidate.model_uri, str(path)]
+        command = [sys.executable, "-c", PROMOTER, *argv]
+        processes.append(subprocess.Popen(command, env=stage_env(), stdout=subprocess.PIPE))
+    decisions = [process.communicate(timeout=300)[0].decode().split() for process in processes]
+    assert all(process.returncode == 0 for process in processes)
+    strong = store.search_model_versions(f"name = '{CFG.registered_model}'")
+    (best,) = [v for v in strong if v.tags["test_accuracy"] == "1.0"]
+    assert champion(store) == str(best.version)
+    assert sorted(d[-1] for d in decisions) in (["kept", "promoted"], ["promoted", "promoted"])
+    lock = f"{CFG.registered_model}-promotion-lock"
+    assert store.search_model_versions(f"name = '{lock}'") == []
 
 
 def test_unreachable_registry_fails_the_run_and_leaves_the_alias(store, monkeypatch) -> None:
     register(predictions(100))
-    uri = challenger(predictions(200))
+    candidate = challenger(predictions(200))
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"http://127.0.0.1:{free_port()}")
     mlflow.set_registry_uri(f"http://127.0.0.1:{free_port()}")
     try:
         started = time.monotonic()
         with pytest.raises(registry.RegistryError, match="model registry"), runs.tracked_run():
-            registry.register(uri, LABELS, predictions(200), "d" * 64, SIGNATURE, CFG)
+            registry.register(candidate, CFG)
         assert time.monotonic() - started < 30
     finally:
         monkeypatch.delenv("MLFLOW_REGISTRY_URI")
@@ -248,9 +296,9 @@ def test_experiment_is_tagged_for_model_training_once(store) -> None:
     assert kept == "genai_development"  # a choice made in the UI is not overwritten
 
 
-def trained_uri(splits, epochs: int) -> tuple[str, np.ndarray]:
-    """A small MLP trained for `epochs`, logged with its test predictions like `train` +
-    `evaluate` do; returns (model URI, predicted test labels)."""
+def trained(splits, epochs: int) -> Challenger:
+    """A small MLP trained for `epochs` and logged like `train` does, scored like `evaluate`
+    does."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -264,10 +312,11 @@ def trained_uri(splits, epochs: int) -> tuple[str, np.ndarray]:
     model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
     model.fit(splits["train"].x, splits["train"].y, epochs=epochs, verbose=0)
     probabilities = model.predict(splits["test"].x, verbose=0)
-    with runs.tracked_run():
+    with runs.tracked_run() as run:
         uri = logged_model.log_keras_model(model, splits["test"].x[:5])
-        registry.log_predictions(splits["test"].labels, probabilities)
-    return uri, probabilities.argmax(axis=1)
+    test = splits["test"]
+    digest = promotion.test_digest(test.x, test.labels)
+    return Challenger(run.info.run_id, uri, test.labels, probabilities, digest, SIGNATURE)
 
 
 @pytest.fixture(scope="module")
@@ -279,10 +328,8 @@ def splits(processed: Path):
 
 @pytest.mark.integration  # a model server process: `make test-integration`
 def test_mlflow_models_serve_answers_for_the_champion(store, splits) -> None:
-    uri, predicted = trained_uri(splits, epochs=5)
+    registry.register(trained(splits, epochs=5), CFG)
     test = splits["test"]
-    digest = registry.test_digest(test.x, test.labels)
-    registry.register(uri, test.labels, predicted, digest, SIGNATURE, CFG)
     port = free_port()
     tracking = mlflow.get_tracking_uri()
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/mnist-digits@champion"]

@@ -15,8 +15,19 @@ from digits.lib.cli import stage_main
 from digits.lib.config import load_params
 from digits.lib.config.runparams import run_params
 from digits.lib.files import write_text
+from digits.lib.run_info import RunInfo
 from digits.lib.shifts import describe
-from digits.lib.vocab import SHIFTED_VAL_ACCURACY
+from digits.lib.vocab import (
+    SELECTED_EPOCH,
+    SELECTED_VAL_ACCURACY,
+    SHIFTED_VAL_ACCURACY,
+    TEST_ACCURACY,
+    TEST_ECE,
+    TEST_ERRORS,
+    TEST_LOSS,
+    TRAIN_EPOCHS,
+    TRAIN_SECONDS,
+)
 
 FIGURES = (
     ("Learning curves", "learning_curves"),
@@ -59,14 +70,14 @@ def render(
     """The report's Markdown; `images` maps figure keys to paths relative to the report;
     `registry` is what `evaluate` did in the model registry; `spread` is `make repeat`'s
     record, shown when it is of this configuration; `shifts` is `evaluate.shifts`."""
-    accuracy = metrics["test/accuracy"]
-    epochs, selected = train_metrics["train/epochs"], train_metrics["selected/epoch"]
+    accuracy = metrics[TEST_ACCURACY]
+    epochs, selected = train_metrics[TRAIN_EPOCHS], train_metrics[SELECTED_EPOCH]
     parts = [
         "# MNIST training report",
-        f"**Test accuracy {accuracy:.2%}** ({metrics['test/errors']} errors), "
-        f"test loss {metrics['test/loss']:.4f}; model `{params['model.type']}`, "
+        f"**Test accuracy {accuracy:.2%}** ({metrics[TEST_ERRORS]} errors), "
+        f"test loss {metrics[TEST_LOSS]:.4f}; model `{params['model.type']}`, "
         f"{epochs} epochs (weights of epoch {selected}) in "
-        f"{train_metrics['train/seconds']:.0f} s. MLflow run `{run_id}`.",
+        f"{train_metrics[TRAIN_SECONDS]:.0f} s. MLflow run `{run_id}`.",
         prediction_line(shifts, metrics, train_metrics),
         "## Metrics",
         _table(
@@ -79,7 +90,7 @@ def render(
     ]
     parts += [
         "## Calibration",
-        f"Expected calibration error {metrics['test/ece']:.4f}: the mean gap between confidence "
+        f"Expected calibration error {metrics[TEST_ECE]:.4f}: the mean gap between confidence "
         "(the top softmax probability) and accuracy over 15 equal-width confidence bins, "
         "weighted by the images in each (0 is perfectly calibrated).",
     ]
@@ -96,7 +107,7 @@ def prediction_line(shifts: int, metrics: dict[str, Any], train_metrics: dict[st
     """How the test predictions were made; with test-time shifts, what they did to the
     validation accuracy of the kept weights (the check made without the test set)."""
     text = f"Predictions: {describe(shifts)}."
-    shifted, plain = metrics.get(SHIFTED_VAL_ACCURACY), train_metrics.get("selected/val_accuracy")
+    shifted, plain = metrics.get(SHIFTED_VAL_ACCURACY), train_metrics.get(SELECTED_VAL_ACCURACY)
     if shifts and shifted is not None and plain is not None:
         text += (
             f" Validation accuracy {plain:.2%} in one view, {shifted:.2%} with the shifts. "
@@ -141,6 +152,7 @@ def registry_section(registry: dict[str, Any], images: dict[str, str]) -> list[s
                     ("fixed (challenger right, champion wrong): c", test["c"]),
                     ("broke (champion right, challenger wrong): b", test["b"]),
                     ("McNemar exact p-value", f"{test['p_value']:.4g}"),
+                    *_level_row(test),
                     ("decision", registry["decision"]),
                 ],
                 ("champion against challenger", "value"),
@@ -160,6 +172,13 @@ def registry_section(registry: dict[str, Any], images: dict[str, str]) -> list[s
         more = f" ({len(shown)} of {len(rows)}; all in the run)" if len(shown) < len(rows) else ""
         parts += [f"### Fixed and broken test digits{more}", _table(cells, header)]
     return parts
+
+
+def _level_row(test: dict[str, Any]) -> list[tuple[str, str]]:
+    """The level the p-value had to beat: significance / k, k = the champion's challengers."""
+    if test.get("level") is None:  # written before the level was shared
+        return []
+    return [("level: significance / k", f"{test['level']:.4g} (k = {test['challengers']})")]
 
 
 @stage_main
@@ -192,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         json.loads(args.train_metrics.read_text()),
         pd.read_csv(args.per_class),
         images,
-        json.loads(args.run_info.read_text())["run_id"],
+        RunInfo.read(args.run_info).run_id,
         json.loads(args.registry.read_text()),
         json.loads(args.spread.read_text()) if args.spread and args.spread.is_file() else None,
         params.evaluate.shifts,

@@ -24,6 +24,7 @@ from digits.lib.config import ModelConfig, Params, ParamsError, load_params
 from digits.lib.data import Split, file_digest, load_splits
 from digits.lib.environment import Environment
 from digits.lib.files import atomic_path, write_json, write_text
+from digits.lib.run_info import RunInfo
 
 if TYPE_CHECKING:
     import keras
@@ -116,10 +117,7 @@ def write_outputs(result: TrainResult, outputs: Outputs, experiment_id: str | No
         result.model.save(tmp)
     write_text(outputs.history, result.history.to_csv(index=False, float_format="%.6g"))
     write_json(outputs.metrics, result.metrics)
-    write_json(
-        outputs.run_info,
-        {"run_id": result.run_id, "experiment_id": experiment_id, "model_uri": result.model_uri},
-    )
+    RunInfo(result.run_id, experiment_id, result.model_uri).write(outputs.run_info)
 
 
 def physical_memory() -> int:

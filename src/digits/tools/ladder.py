@@ -32,6 +32,7 @@ from digits.lib.cli import stage_main
 from digits.lib.config import Params, ParamsError, load_params
 from digits.lib.environment import Environment
 from digits.lib.files import write_text
+from digits.lib.tracking.promotion import PROMOTE_ENV
 from digits.lib.vocab import SHIFTED_VAL_ACCURACY
 from digits.tools import provenance
 
@@ -96,13 +97,15 @@ def exp_command(rung: Rung) -> list[str]:
     return command
 
 
-def run_rung(rung: Rung) -> float:
-    """Remove an earlier experiment of the same name, run the rung; returns its wall seconds."""
+def run_rung(rung: Rung, promote: bool = False) -> float:
+    """Remove an earlier experiment of the same name, run the rung; returns its wall seconds.
+    Its model is registered and compared, and takes the champion alias only with `promote`."""
     subprocess.run(["dvc", "exp", "remove", rung.exp_name], capture_output=True, check=False)
     seed = f", seed {rung.seed}" if rung.seed is not None else ""
     log.info("%s%s: %s", rung.name, seed, " ".join(exp_command(rung)))
     started = time.perf_counter()
-    subprocess.run(exp_command(rung), check=True)
+    env = {**os.environ, PROMOTE_ENV: "1" if promote else "0"}
+    subprocess.run(exp_command(rung), check=True, env=env)
     return time.perf_counter() - started
 
 
@@ -185,12 +188,13 @@ def record(
     return results
 
 
-def measure(rung: Rung, params: Params) -> dict[str, Any]:
-    """Run the rung (once per seed when repeated); its figures and their provenance."""
+def measure(rung: Rung, params: Params, promote: bool = False) -> dict[str, Any]:
+    """Run the rung (once per seed when repeated); its figures and their provenance.
+    `promote`: its models may take the champion alias."""
     seeded = rung.seeded(params.train.seed)
     runs = []
     for run in seeded:
-        wall = run_rung(run)
+        wall = run_rung(run, promote)
         runs.append({**rung_result(run, params.mlflow.experiment), "wall": wall})
     result = summarise(runs, [run.seed for run in seeded]) if rung.repeats > 1 else runs[0]
     # dated, with the machine and the command (each seed adds `-S train.seed=<seed>`)
@@ -271,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--render", action="store_true", help="rewrite --out from --results; run nothing"
     )
+    parser.add_argument(
+        "--promote", action="store_true", help="let the rungs' models take the champion alias"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     rungs = load_rungs(args.rungs, params)
@@ -286,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for number, rung in enumerate(selected, 1):
         log.info("rung %d of %d", number, len(selected))
         # recorded after each rung: the figures survive a later rung's failure
-        results = record(rungs, {rung.name: measure(rung, params)}, args.results, args.out)
+        results = record(
+            rungs, {rung.name: measure(rung, params, args.promote)}, args.results, args.out
+        )
         log.info(
             "%s: %.2f%% (reference %.2f%%)",
             rung.name,

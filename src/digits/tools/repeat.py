@@ -34,11 +34,11 @@ def repeat(params: Params, data: Path, root: Path, out: Path, env: Environment) 
     import pandas as pd
 
     from digits.lib.data import file_digest, load_splits
+    from digits.lib.scoring import score
     from digits.lib.shifts import keras_predictor, shifted
     from digits.lib.tracking import runs
     from digits.lib.tracking.provenance import context_tags
     from digits.lib.tracking.seeds import fit_seeds, log_spread
-    from digits.stages.evaluate import score
 
     splits = load_splits(data, ("train", "val", "test"))
     test = splits["test"]

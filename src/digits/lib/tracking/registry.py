@@ -1,26 +1,27 @@
 """The model registry: every evaluated model becomes a version; a version competes for the
-champion alias only with versions evaluated on the same test images with the same input
-signature, and takes it only when McNemar's exact test on paired predictions says it is better.
+champion alias only with versions evaluated on the same test images, with the same input
+signature and the same test-time shifts (`evaluate.shifts`), and takes it only when McNemar's
+exact test on paired predictions says it is better, at a level shared by every challenger of
+the same champion.
 
 Comparable versions share a registered model: the configured one (`mnist-digits`) for the data
-it first saw, else one named from the test data (`mnist-digits-<digest>`). The registered model
-carries the test data's digest and the input signature as tags, so a version on other data or
-with another input shape is never compared with its versions, and the log and its tags say why.
+it first saw, else one named from the test data (`mnist-digits-<digest>`, then with the input's
+and the shifts' marks). The registered model carries the test data's digest, the input
+signature and the shifts as tags, so a version scored otherwise is never compared with its
+versions, and the log and its tags say why. (`mlflow models serve` answers in one view, so a
+champion of the configured model scored with shifts would not be what it serves.)
 
-Promotion holds a lock (a registered model `<name>-promotion-lock`, which only one client can
-create) from reading the champion to setting the alias, so two `evaluate` stages racing compare
-one after the other and the better model ends champion whatever the order.
+Promotion holds a lease (`lease.promotion_lock`) from reading the champion to setting the alias,
+so two `evaluate` stages racing compare one after the other and the better model ends champion
+whatever the order. A run that is a version already registers nothing new.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
@@ -28,88 +29,44 @@ import numpy as np
 
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
-from digits.lib.process import process_gone, process_id
-from digits.lib.tracking.reaping import PROCESS_TAG
+from digits.lib.tracking.lease import LEASE_SECONDS, Lease, promotion_lock
+from digits.lib.tracking.promotion import (
+    Challenger,
+    Champion,
+    Decision,
+    Registration,
+    Test,
+    Verdict,
+    decide,
+)
 from digits.lib.tracking.store import TrackingError, check_reachable
 
 PREDICTIONS = "predictions/test.npz"  # each run's test predictions, for the next comparison
 TEST_DIGEST_TAG = "test.sha256"
 SIGNATURE_TAG = "signature.inputs"
+SHIFTS_TAG = "evaluate.shifts"  # on the run, the version and the registered model
+COMPARED_WITH_TAG = "registry.compared_with"
+P_VALUE_TAG = "registry.p_value"
+MAY_PROMOTE_TAG = "registry.may_promote"
 
 
 class RegistryError(PipelineError):
     """The model registry cannot be reached or used while promoting."""
 
 
-@dataclass(frozen=True)
-class Test:
-    """One paired test: `b` test images the champion got right and the challenger wrong
-    (broke), `c` the other way round (fixed), McNemar's exact two-sided p-value."""
-
-    b: int
-    c: int
-    p_value: float
-
-
-@dataclass(frozen=True)
-class Registration:
-    """A version registered by `evaluate`, and what the registry decided about it."""
-
-    name: str  # the registered model it joined
-    version: str
-    alias: str
-    champion: bool  # whether it holds the alias now
-    decision: str  # first | promoted | kept | not_compared
-    reason: str  # one sentence: why
-    previous: str | None = None  # the champion version it was compared with
-    previous_accuracy: float | None = None
-    test: Test | None = None
-    not_compared_with: str | None = None  # the configured registered model, when not its own
-
-
-def test_digest(x: np.ndarray, labels: np.ndarray) -> str:
-    """sha256 of the test images and labels themselves (not of the .npz, whose zip headers
-    carry the time it was written), so the same test data always has the same digest."""
-    digest = hashlib.sha256()
-    for array in (np.ascontiguousarray(x, dtype=np.float32), np.asarray(labels, dtype=np.int64)):
-        digest.update(str(array.shape).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def mcnemar(labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray) -> Test:
-    """McNemar's exact test on paired predictions of the same test images: only the images
-    exactly one model gets right count; under "equally good" each is the challenger's with
-    probability 1/2, so the p-value is a two-sided binomial test of c successes in b + c."""
-    from scipy.stats import binomtest
-
-    if not (len(labels) == len(champion) == len(challenger)):
-        raise ValueError("paired predictions must cover the same test images")
-    right_before, right_now = champion == labels, challenger == labels
-    b = int((right_before & ~right_now).sum())
-    c = int((~right_before & right_now).sum())
-    p_value = 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5).pvalue)
-    return Test(b, c, p_value)
-
-
-def promotes(test: Test, significance: float) -> bool:
-    """The challenger takes the alias when it fixed more images than it broke and McNemar's
-    test rejects "equally good" at `significance`."""
-    return test.c > test.b and test.p_value < significance
-
-
-def log_predictions(labels: np.ndarray, probabilities: np.ndarray) -> None:
-    """Store the active run's test predictions as the artifact `PREDICTIONS`, so a later
-    challenger can be paired with this model image by image."""
+def save_predictions(client: mlflow.MlflowClient, challenger: Challenger) -> None:
+    """Store the challenger's test predictions in its run as the artifact `PREDICTIONS`, so a
+    later challenger can be paired with this model image by image."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(PREDICTIONS).name
         np.savez_compressed(
             path,
-            labels=np.asarray(labels, dtype=np.uint8),
-            predicted=probabilities.argmax(axis=1).astype(np.uint8),
-            confidence=probabilities.max(axis=1).astype(np.float32),
+            labels=np.asarray(challenger.labels, dtype=np.uint8),
+            predicted=challenger.predicted.astype(np.uint8),
+            confidence=challenger.probabilities.max(axis=1).astype(np.float32),
+            shifts=np.asarray(challenger.shifts),
         )
-        mlflow.log_artifact(str(path), artifact_path=str(Path(PREDICTIONS).parent))
+        client.log_artifact(challenger.run_id, str(path), str(Path(PREDICTIONS).parent))
 
 
 def load_predictions(run_id: str) -> dict[str, np.ndarray] | None:
@@ -135,57 +92,15 @@ def _exists(err: Exception) -> bool:
     return getattr(err, "error_code", "") == "RESOURCE_ALREADY_EXISTS"
 
 
-@contextlib.contextmanager
-def promotion_lock(client: mlflow.MlflowClient, name: str, timeout: float) -> Iterator[None]:
-    """Hold `<name>-promotion-lock` (a registered model: creating one that exists fails on
-    every backend, so exactly one client gets it). A lock left by a dead process on this host
-    is broken; one held longer than `timeout` by a live or remote one is an error."""
+def home(client: mlflow.MlflowClient, base: str, key: Mapping[str, str]) -> tuple[str, str | None]:
+    """The registered model whose versions are comparable with a model scored as `key` says
+    (test digest, input signature, shifts), created if need be: `base` when it holds such
+    versions (or is new), else one named from them. Returns its name and, if not `base`, why."""
     from mlflow.exceptions import MlflowException
 
-    lock = f"{name}-promotion-lock"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.create_registered_model(
-                lock,
-                tags={PROCESS_TAG: process_id()},
-                description=f"held while `evaluate` promotes a version of {name}",
-            )
-            break
-        except MlflowException as err:
-            if not _exists(err):
-                raise
-        try:
-            holder = client.get_registered_model(lock).tags.get(PROCESS_TAG, "")
-        except MlflowException as err:  # released in between: try again
-            if _missing(err):
-                continue
-            raise
-        if process_gone(holder):
-            with contextlib.suppress(MlflowException):
-                client.delete_registered_model(lock)
-            continue
-        if time.monotonic() > deadline:
-            raise RegistryError(
-                f"registered model {lock} is held by {holder} for over {timeout:.0f} s; if "
-                "no evaluate is running there, delete it and run again"
-            )
-        time.sleep(0.2)
-    try:
-        yield
-    finally:
-        client.delete_registered_model(lock)
-
-
-def home(
-    client: mlflow.MlflowClient, base: str, digest: str, signature: str
-) -> tuple[str, str | None]:
-    """The registered model whose versions are comparable with a model tested on `digest`
-    with input `signature`, created if need be: `base` when it holds that data (or is new),
-    else one named from the data. Returns its name and, when it is not `base`, why."""
-    from mlflow.exceptions import MlflowException
-
-    names = [base, f"{base}-{digest[:8]}", f"{base}-{digest[:8]}-{_short(signature)}"]
+    digest, signature, shifts = key[TEST_DIGEST_TAG], key[SIGNATURE_TAG], key[SHIFTS_TAG]
+    stem = f"{base}-{digest[:8]}"
+    names = [base, stem, f"{stem}-{_short(signature)}", f"{stem}-{_short(signature)}-s{shifts}"]
     reason = None
     for name in names:
         try:
@@ -196,10 +111,11 @@ def home(
             try:
                 client.create_registered_model(
                     name,
-                    tags={TEST_DIGEST_TAG: digest, SIGNATURE_TAG: signature},
+                    tags=dict(key),
                     description=(
                         f"Models tested on the same test data (sha256 {digest[:12]}...) with "
-                        f"input {signature}: their versions compete for the champion alias."
+                        f"input {signature} and {shifts} test-time shifts: their versions "
+                        "compete for the champion alias."
                     ),
                 )
             except MlflowException as err:
@@ -208,45 +124,89 @@ def home(
                 tags = client.get_registered_model(name).tags
             else:
                 return name, reason
-        theirs_digest, theirs_signature = tags.get(TEST_DIGEST_TAG), tags.get(SIGNATURE_TAG)
-        if (theirs_digest, theirs_signature) == (digest, signature):
+        theirs = {SHIFTS_TAG: "0", **tags}  # registered before shifts counted: one view
+        if all(theirs.get(k) == v for k, v in key.items()):
             return name, reason
-        if reason is None:
-            if theirs_digest is None:
-                reason = f"{name} records no test data (registered before comparisons)"
-            elif theirs_digest != digest:
-                reason = (
-                    f"test data {digest[:8]} differs from {name}'s ({theirs_digest[:8]}): "
-                    "accuracies on other images do not compare"
-                )
-            else:
-                reason = f"input {signature} differs from {name}'s {theirs_signature}"
+        reason = reason or _why_apart(name, theirs, key)
     raise RegistryError(f"no registered model for test data {digest[:8]} and input {signature}")
+
+
+def _why_apart(name: str, theirs: Mapping[str, str], key: Mapping[str, str]) -> str:
+    digest, signature, shifts = key[TEST_DIGEST_TAG], key[SIGNATURE_TAG], key[SHIFTS_TAG]
+    if TEST_DIGEST_TAG not in theirs:
+        return f"{name} records no test data (registered before comparisons)"
+    if theirs[TEST_DIGEST_TAG] != digest:
+        return (
+            f"test data {digest[:8]} differs from {name}'s ({theirs[TEST_DIGEST_TAG][:8]}): "
+            "accuracies on other images do not compare"
+        )
+    if theirs.get(SIGNATURE_TAG) != signature:
+        return f"input {signature} differs from {name}'s {theirs.get(SIGNATURE_TAG)}"
+    return (
+        f"evaluate.shifts {shifts} differs from {name}'s {theirs[SHIFTS_TAG]}: predictions "
+        "over other views do not pair"
+    )
 
 
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def register(
-    model_uri: str,
-    labels: np.ndarray,
-    predicted: np.ndarray,
-    digest: str,
-    signature: str,
-    cfg: MLflowConfig,
-    after_read: Callable[[], None] | None = None,
-    lock_timeout: float = 300.0,
-    tags: Mapping[str, str] | None = None,
-) -> tuple[Registration, dict[str, np.ndarray] | None]:
-    """Register a logged model as a version of the registered model that holds its test data
-    and input signature, and move the alias to it when it is that data's first version or
-    beats the champion by McNemar's exact test at `cfg.significance`. The run's test
-    predictions must already be stored (`log_predictions`). Returns the registration and the
-    predictions of the champion it was compared with (None when there was none).
+def _champion(client: mlflow.MlflowClient, name: str, alias: str) -> Champion | None:
+    """The alias holder of `name`, its stored predictions, and how many challengers that
+    could have taken the alias were tested against it (`RULE`'s k - 1)."""
+    holder = client.get_registered_model(name).aliases.get(alias)
+    if holder is None:
+        return None
+    current = client.get_model_version(name, str(holder))
+    tested = [
+        v
+        for v in client.search_model_versions(f"name = '{name}'")
+        if v.tags.get(COMPARED_WITH_TAG) == str(holder)
+        and P_VALUE_TAG in v.tags
+        and v.tags.get(MAY_PROMOTE_TAG) != "False"
+    ]
+    predictions = load_predictions(current.run_id) if current.run_id else None
+    return Champion(str(holder), predictions, len(tested))
 
-    `tags` go on the new version beside the registry's own; `after_read` runs between reading
-    the champion and setting the alias: a test's hook."""
+
+def _already(
+    client: mlflow.MlflowClient, challenger: Challenger, alias: str, lease: Lease
+) -> Registration | None:
+    """The registration of a run that is a version already (evaluated again), else None. Such
+    a version is not registered or compared again; it takes the alias only where no version
+    holds it (an alias renamed in params.yaml: the first version evaluated under it)."""
+    found = client.search_model_versions(f"run_id = '{challenger.run_id}'")
+    if not found:
+        return None
+    version = min(found, key=lambda v: int(v.version))
+    name, number = version.name, str(version.version)
+    holder = client.get_registered_model(name).aliases.get(alias)
+    was = version.tags.get("registry.decision", "unknown")
+    reason = (
+        f"run {challenger.run_id} is version {number} of {name} already (decided: {was}): "
+        "nothing new registered, its stored predictions kept"
+    )
+    if holder is None and challenger.may_promote:
+        lease.check()
+        client.set_registered_model_alias(name, alias, number)
+        reason = f"no version of {name} held {alias}; {reason}"
+        return Registration(name, number, alias, True, Decision.FIRST, reason)
+    crowned = str(holder) == number
+    return Registration(name, number, alias, crowned, Decision.ALREADY_REGISTERED, reason)
+
+
+def register(
+    challenger: Challenger,
+    cfg: MLflowConfig,
+    lock_timeout: float = 300.0,
+    lease_seconds: float = LEASE_SECONDS,
+) -> tuple[Registration, np.ndarray | None]:
+    """Store the challenger's test predictions in its run, register its model as a version
+    of the registered model that holds comparable versions, and move the alias to it when
+    `decide` says so, all under the promotion lock. A run that is a version already keeps its
+    predictions and registers nothing. Returns the registration and the predicted labels of
+    the champion it was compared with (None when there was none)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -256,92 +216,85 @@ def register(
     except TrackingError as err:
         raise RegistryError(f"model registry: {err}") from None
     client = MlflowClient()
-    accuracy = float((predicted == labels).mean())
     try:
-        with promotion_lock(client, cfg.registered_model, lock_timeout):
-            return _register_locked(
-                client, model_uri, labels, predicted, accuracy, digest, signature, cfg,
-                after_read, tags or {},
-            )  # fmt: skip
+        with promotion_lock(client, cfg.registered_model, lock_timeout, lease_seconds) as lease:
+            if (again := _already(client, challenger, cfg.champion_alias, lease)) is not None:
+                return again, None
+            save_predictions(client, challenger)
+            key = {
+                TEST_DIGEST_TAG: challenger.digest,
+                SIGNATURE_TAG: challenger.signature,
+                SHIFTS_TAG: str(challenger.shifts),
+            }
+            name, apart = home(client, cfg.registered_model, key)
+            champion = _champion(client, name, cfg.champion_alias)
+            verdict = decide(challenger, champion, cfg.significance)
+            tags = {**challenger.tags, **key, "test_accuracy": str(_accuracy(challenger))}
+            version = str(mlflow.register_model(challenger.model_uri, name, tags=tags).version)
+            if verdict.decision.crowns:
+                lease.check()
+                client.set_registered_model_alias(name, cfg.champion_alias, version)
+            registration = _registration(name, version, cfg, verdict, champion, apart)
+            _tag_version(client, registration, challenger.may_promote)
     except MlflowException as err:
         raise RegistryError(f"model registry {uri}: {err.message}") from None
+    before = champion.predictions if champion is not None and verdict.test else None
+    return registration, None if before is None else before["predicted"]
 
 
-def _register_locked(
-    client: mlflow.MlflowClient,
-    model_uri: str,
-    labels: np.ndarray,
-    predicted: np.ndarray,
-    accuracy: float,
-    digest: str,
-    signature: str,
+def _accuracy(challenger: Challenger) -> float:
+    return float((challenger.predicted == challenger.labels).mean())
+
+
+def _registration(
+    name: str,
+    version: str,
     cfg: MLflowConfig,
-    after_read: Callable[[], None] | None,
-    extra_tags: Mapping[str, str],
-) -> tuple[Registration, dict[str, np.ndarray] | None]:
-    name, not_compared = home(client, cfg.registered_model, digest, signature)
-    holder = client.get_registered_model(name).aliases.get(cfg.champion_alias)
-    current = None if holder is None else client.get_model_version(name, str(holder))
-    before = load_predictions(current.run_id) if current is not None and current.run_id else None
-    if after_read is not None:
-        after_read()
-    tags = {**extra_tags, TEST_DIGEST_TAG: digest, SIGNATURE_TAG: signature}
-    tags["test_accuracy"] = str(accuracy)
-    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
-    alias = cfg.champion_alias
-    test = None
-    previous_accuracy = None
-    if current is None:
-        decision, reason = "first", f"the first version tested on data {digest[:8]}"
-    elif before is None or not np.array_equal(before["labels"], labels):
-        decision = "kept"
-        reason = (
-            f"champion version {current.version} has no stored predictions on these test "
-            "images to pair with"
-        )
-    else:
-        previous_accuracy = float((before["predicted"] == before["labels"]).mean())
-        test = mcnemar(labels, before["predicted"], predicted)
-        won = promotes(test, cfg.significance)
-        decision = "promoted" if won else "kept"
-        verdict = "significant" if won else "not significant"
-        reason = (
-            f"fixed {test.c} and broke {test.b} of the champion's test digits; McNemar "
-            f"p = {test.p_value:.3g} ({verdict} at {cfg.significance})"
-        )
-    if decision in ("first", "promoted"):
-        client.set_registered_model_alias(name, alias, version)
-    if not_compared is not None:
-        reason = f"not compared with {cfg.registered_model}: {not_compared}; {reason}"
-    version_tags = {"registry.decision": decision, "registry.reason": reason}
-    if current is not None:
-        version_tags["registry.compared_with"] = str(current.version)
-    if test is not None:
-        version_tags.update(_test_tags(test))
-    if not_compared is not None:
-        version_tags["registry.not_compared_with"] = cfg.registered_model
-    for key, value in version_tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    registration = Registration(
+    verdict: Verdict,
+    champion: Champion | None,
+    apart: str | None,
+) -> Registration:
+    reason = verdict.reason
+    if apart is not None:
+        reason = f"not compared with {cfg.registered_model}: {apart}; {reason}"
+    before = None if champion is None else champion.predictions
+    previous_accuracy = (
+        float((before["predicted"] == before["labels"]).mean()) if verdict.test else None
+    )
+    return Registration(
         name=name,
         version=version,
-        alias=alias,
-        champion=decision in ("first", "promoted"),
-        decision=decision,
+        alias=cfg.champion_alias,
+        champion=verdict.decision.crowns,
+        decision=verdict.decision,
         reason=reason,
-        previous=None if current is None else str(current.version),
+        previous=None if champion is None else champion.version,
         previous_accuracy=previous_accuracy,
-        test=test,
-        not_compared_with=cfg.registered_model if not_compared is not None else None,
+        test=verdict.test,
+        not_compared_with=cfg.registered_model if apart is not None else None,
     )
-    return registration, before
+
+
+def _tag_version(client: mlflow.MlflowClient, reg: Registration, may_promote: bool) -> None:
+    tags = {"registry.decision": str(reg.decision), "registry.reason": reg.reason}
+    tags[MAY_PROMOTE_TAG] = str(may_promote)
+    if reg.previous is not None:
+        tags[COMPARED_WITH_TAG] = reg.previous
+    if reg.test is not None:
+        tags.update(_test_tags(reg.test))
+    if reg.not_compared_with is not None:
+        tags["registry.not_compared_with"] = reg.not_compared_with
+    for key, value in tags.items():
+        client.set_model_version_tag(reg.name, reg.version, key, value)
 
 
 def _test_tags(test: Test) -> dict[str, str]:
     return {
         "registry.b": str(test.b),
         "registry.c": str(test.c),
-        "registry.p_value": f"{test.p_value:.6g}",
+        P_VALUE_TAG: f"{test.p_value:.6g}",
+        "registry.challengers": str(test.challengers),
+        "registry.level": f"{test.level:.6g}",
     }
 
 
@@ -351,7 +304,7 @@ def run_tags(reg: Registration) -> dict[str, str]:
         "registry.model": reg.name,
         "registry.version": reg.version,
         "registry.champion": str(reg.champion),
-        "registry.decision": reg.decision,
+        "registry.decision": str(reg.decision),
         "registry.reason": reg.reason,
     }
     if reg.test is not None:
@@ -363,11 +316,16 @@ def registration_line(reg: Registration, accuracy: float) -> str:
     """What happened in the registry, in one sentence."""
     head = f"registered {reg.name} version {reg.version} (test accuracy {accuracy:.4f})"
     uri = f"models:/{reg.name}@{reg.alias}"
-    if reg.decision == "first":
+    if reg.decision is Decision.ALREADY_REGISTERED:
+        holds = f"; it holds {uri}" if reg.champion else ""
+        return f"{reg.reason}{holds}"
+    if reg.decision is Decision.FIRST:
         return f"{head}: the first {reg.alias} ({uri}); {reg.reason}"
     before = f"version {reg.previous}"
     if reg.previous_accuracy is not None and math.isfinite(reg.previous_accuracy):
         before += f" at {reg.previous_accuracy:.4f}"
-    if reg.decision == "promoted":
+    if reg.decision is Decision.PROMOTED:
         return f"{head}: the new {reg.alias} ({uri}), replacing {before}; {reg.reason}"
+    if reg.previous is None:  # held back, with no champion yet
+        return f"{head}: {uri} stays unset; {reg.reason}"
     return f"{head}: the {reg.alias} stays {before}; {reg.reason}"
