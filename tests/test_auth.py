@@ -9,20 +9,19 @@ import os
 import stat
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from scram_postgres import Postgres, scram_postgres
+import yaml
 
 from digits.lib.tracking.access import denied_message, is_permission_denied, is_unauthenticated
 from digits.tools.server import serving
 
-from helpers import free_port, stage_env
+from helpers import free_port, real_params, shrink, stage_env
+from leaks import files_holding, leaked, watching_command_lines
+from scram_postgres import Postgres, scram_postgres
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -31,23 +30,6 @@ DB_PASSWORD = "db/#?@% pw-Quokka"
 ADMIN_PASSWORD = "adm/#?@% pw-Wombat"
 SUPER_PASSWORD = "su/#?@% pw-Numbat"
 PLANTED = [DB_PASSWORD, ADMIN_PASSWORD, SUPER_PASSWORD]
-
-
-def spellings(secret: str) -> list[str]:
-    """How a secret may show up: raw, percent-encoded, and its distinctive tail."""
-    return [secret, quote(secret, safe=""), quote(secret), secret.rsplit(" ", 1)[1]]
-
-
-def command_lines() -> list[str]:
-    """Every process's command line on this machine."""
-    lines = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-            except OSError:
-                continue
-    return lines
 
 
 @dataclass
@@ -74,23 +56,10 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
         cmd += ["--artifacts-destination", str(folder / "artifacts")]
         cmd += ["--admin-password-file", str(admin_file)]
         env = stage_env(SERVER_DB=pg.url("mlflow", DB_PASSWORD, "mlflow"))
-        seen: list[str] = []
-        done = threading.Event()
-
-        def watch() -> None:
-            while not done.is_set():
-                seen.extend(command_lines())
-                time.sleep(0.3)
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        try:
-            url = f"http://127.0.0.1:{port}"
-            with serving(cmd, url, folder / "server.log", env=env, cwd=folder) as url:
-                yield Team(url, folder, pg, seen)
-        finally:
-            done.set()
-            watcher.join()
+        url = f"http://127.0.0.1:{port}"
+        log = folder / "server.log"
+        with watching_command_lines() as seen, serving(cmd, url, log, env=env, cwd=folder):
+            yield Team(url, folder, pg, seen)
 
 
 def tool(team: Team, user: str, password: str, *args: str) -> subprocess.CompletedProcess:
@@ -166,7 +135,7 @@ def test_reading_logging_and_the_registry_are_granted_separately(
     roles = ("reader", "logger", "registrar")
     passwords = {role: add_user(team, f"{role}1", role) for role in roles}
     admin = as_user(monkeypatch, team.url, "admin", ADMIN_PASSWORD)
-    experiment = admin.create_experiment("mnist")
+    experiment = admin.get_experiment_by_name("mnist").experiment_id  # made by `user add`
     seeded = admin.create_run(experiment).info.run_id
     got = {
         role: what_may(as_user(monkeypatch, team.url, f"{role}1", password), experiment, seeded)
@@ -211,34 +180,40 @@ def test_401_and_403_are_one_error_line_that_says_what_to_do(
         pytest.fail("a logger registered a version of the team's model")
 
 
-def test_credentials_file_must_be_private(tmp_path: Path) -> None:
-    from digits.lib.tracking.access import AccessError, check_credentials_file
-
-    creds = tmp_path / "credentials"
-    creds.write_text("[mlflow]\nmlflow_tracking_username = a\nmlflow_tracking_password = b\n")
-    creds.chmod(0o644)
-    with pytest.raises(AccessError, match="chmod 600"):
-        check_credentials_file(creds)
-    creds.chmod(0o600)
-    check_credentials_file(creds)
+def test_a_stage_refused_by_the_server_says_so_in_one_error_line(
+    team: Team, mirror, processed: Path, tmp_path: Path
+) -> None:
+    """The train stage as a reader (403: it may not create runs), and with a wrong password
+    (401): one `error:` line each, naming what to set or whom to ask; no traceback."""
+    _, hashes = mirror
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
+    reader = add_user(team, "reader3", "reader")
+    train = [str(BIN / "python"), "-m", "digits.stages.train", "--data", str(processed)]
+    train += ["--model", "models/model.keras", "--run-info", "models/run.json"]
+    train += ["--metrics", "reports/train_metrics.json", "--history", "reports/history.csv"]
+    for user, password, expected in (
+        ("reader3", reader, "user 'reader3' may not call runs/create on the tracking server"),
+        ("reader3", "wrong-password", "did not accept your credentials"),
+    ):
+        env = stage_env(
+            MLFLOW_TRACKING_URI=team.url, MLFLOW_TRACKING_USERNAME=user,
+            MLFLOW_TRACKING_PASSWORD=password,
+        )  # fmt: skip
+        out = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+        assert out.returncode == 1, out.stderr
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and expected in errors[0], out.stderr
+        assert "Traceback" not in out.stderr and password not in out.stderr
 
 
 def test_no_password_on_a_command_line_in_a_log_a_file_or_the_store(team: Team) -> None:
     """Run last in this module: everything the server and the tools did above is checked."""
-    leaks = [
-        line for line in team.seen_commands for s in PLANTED for x in spellings(s) if x in line
-    ]
-    assert team.seen_commands and not leaks, leaks
     assert any("mlflow server --app-name basic-auth" in line for line in team.seen_commands)
-    log = (team.folder / "server.log").read_text()
-    assert "Created admin user 'admin'" in log or "admin" in log
-    files = [p for p in team.folder.rglob("*") if p.is_file()]
-    files += [p for p in team.postgres.folder.glob("log*") if p.is_file()]
-    found = [
-        str(p) for p in files for s in PLANTED for x in spellings(s)
-        if x.encode() in p.read_bytes() and p.name != "admin.pw"
-    ]  # fmt: skip
-    assert not found, found
+    assert leaked(team.seen_commands, PLANTED) == []
+    assert "Created admin user 'admin'" in (team.folder / "server.log").read_text()
+    assert files_holding(team.folder, PLANTED, skip=("admin.pw",)) == []  # server.log too
+    assert files_holding(team.postgres.folder, PLANTED) == []  # PostgreSQL's log and data
     # the MLflow store and the users' store: a dump of both databases holds no planted password
     env = {**os.environ, "PGPASSWORD": DB_PASSWORD}
     for database in ("mlflow", "mlflow_auth"):
@@ -247,4 +222,4 @@ def test_no_password_on_a_command_line_in_a_log_a_file_or_the_store(team: Team) 
             env=env, capture_output=True, text=True, timeout=120, check=True,
         ).stdout  # fmt: skip
         assert "CREATE TABLE" in dump
-        assert not [x for s in PLANTED for x in spellings(s) if x in dump], database
+        assert leaked([dump], PLANTED) == [], database

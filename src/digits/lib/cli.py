@@ -14,6 +14,7 @@ from typing import TypeVar
 from digits import PipelineError
 from digits.lib import secrets
 from digits.lib.files import disk_full, is_disk_full
+from digits.lib.tracking import access
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -40,6 +41,9 @@ def stage_main(func: F) -> F:
             print("error: out of memory", file=sys.stderr)
             raise SystemExit(1) from None
         except Exception as err:
+            if (denied := access.denied_message(err)) is not None:  # the server's 401/403
+                print(f"error: {secrets.redact_text(denied)}", file=sys.stderr)
+                raise SystemExit(1) from None
             if not is_disk_full(err):
                 raise
             cause = err

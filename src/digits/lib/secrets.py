@@ -31,6 +31,7 @@ URL_VARIABLES = ("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_
 PASSWORD_VARIABLES = (
     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD", "PGPASSWORD",
 )  # fmt: skip
+TRAILING = set(",;:.)]}'\"")
 SCHEME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 
 _known: set[str] = set()
@@ -93,7 +94,8 @@ def redact_url(url: str) -> str:
 
 
 def _redact_urls(text: str) -> str:
-    """Every `scheme://...` token of `text` (up to white space) through `redact_url`."""
+    """Every `scheme://...` token of `text` (up to white space, less trailing punctuation)
+    through `redact_url`."""
     out, start = [], 0
     while (mark := text.find("://", start)) != -1:
         begin = mark
@@ -102,6 +104,8 @@ def _redact_urls(text: str) -> str:
         end = mark + 3
         while end < len(text) and not text[end].isspace():
             end += 1
+        while end > mark + 3 and text[end - 1] in TRAILING:  # prose around the URL
+            end -= 1
         out.append(text[start:begin])
         out.append(redact_url(text[begin:end]) if begin < mark else text[begin:end])
         start = end

@@ -56,13 +56,16 @@ def grant(client, name: str, role: Role) -> None:
     client.grant_user_permission(name, "registered_model", "*", grants.registered_models)
 
 
-def ensure_team_model(uri: str, model: str) -> None:
-    """Create the team's registered model as the admin, if missing: whoever creates a model
-    manages it, so a logger must not be the first to register it."""
+def ensure_team_resources(uri: str, experiment: str, model: str) -> None:
+    """Create the team's experiment and registered model as the admin's, if missing: whoever
+    creates one manages it, so a reader must not be the first to make the experiment (and log
+    into it), nor a logger the first to register the model."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=uri)
+    if client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(experiment)
     try:
         client.get_registered_model(model)
     except MlflowException as err:
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
     shown, role = redact_text(uri), Role(args.role)
     client = AuthServiceClient(uri)
     with explain_denied(shown, "manage users"):
-        ensure_team_model(uri, args.model)
+        ensure_team_resources(uri, args.experiment, args.model)
         if args.action == "add":
             password, made = user_password(args.password_file)
             add_user(client, args.name, password, shown)
@@ -149,6 +152,11 @@ def add_parser(commands) -> None:
     role.add_argument("name", help="an existing user's name")
     role.add_argument("--role", choices=roles, required=True, help="what the user may do")
     for sub in (add, role):
+        sub.add_argument(
+            "--experiment",
+            default=MLflowConfig().experiment,
+            help="the team's experiment, created as the admin's if missing",
+        )
         sub.add_argument(
             "--model",
             default=MLflowConfig().registered_model,

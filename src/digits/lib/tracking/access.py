@@ -2,13 +2,15 @@
 credentials) or 403 (the user lacks a permission) becomes one `error:` line that says what to set
 or whom to ask, instead of MLflow's RestException and its traceback.
 
-Stages, the sweep and predict wrap their MLflow calls with `explain_denied`; evaluate asks
+`stage_main` (every stage and tool) turns an uncaught 401/403 into that line; code that knows
+what it was doing wraps its calls with `explain_denied(uri, action)`; evaluate asks
 `is_permission_denied(err)` to log its metrics and say in one line why it did not register.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,13 +54,26 @@ def current_user() -> str | None:
     return read_mlflow_creds().username
 
 
-def denied_message(err: BaseException, uri: str, action: str) -> str | None:
-    """The one line a user needs for a 401/403 while doing `action` on server `uri` (the URI
-    already redacted); None when `err` is neither."""
+def endpoint_of(err: BaseException) -> str | None:
+    """The REST endpoint a RestException names ('runs/create'), if it names one."""
+    words = str(err).split()
+    for i, word in enumerate(words[:-1]):
+        if word == "endpoint" and "/mlflow/" in words[i + 1]:
+            return words[i + 1].split("/mlflow/", 1)[1]
+    return None
+
+
+def denied_message(
+    err: BaseException, uri: str | None = None, action: str | None = None
+) -> str | None:
+    """The one line a user needs for a 401/403 while doing `action` (else the endpoint the
+    error names) on server `uri` (else $MLFLOW_TRACKING_URI); None when `err` is neither."""
     status = _status(err)
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "(MLFLOW_TRACKING_URI)")
+    action = action or f"call {endpoint_of(err) or 'this API'}"
     if status == 401:
         return (
-            f"the tracking server {uri} did not accept your credentials while {action}: set "
+            f"the tracking server {uri} did not accept your credentials (to {action}): set "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or [mlflow] "
             "mlflow_tracking_username/mlflow_tracking_password in ~/.mlflow/credentials, mode "
             f"0600) to your account; the server's admin creates one with `{ADMIN_TOOL}`"
