@@ -119,6 +119,24 @@ def test_a_credentials_file_others_may_read_is_refused(tmp_path: Path) -> None:
     check_credentials_file(creds)
 
 
+def test_every_entry_point_refuses_a_readable_credentials_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow/credentials").write_text("[mlflow]\nmlflow_tracking_password = b\n")
+    (tmp_path / ".mlflow/credentials").chmod(0o640)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ran = []
+    previous = logging.getLogRecordFactory()
+    try:
+        with pytest.raises(SystemExit):
+            stage_main(lambda: ran.append(1))()
+    finally:
+        logging.setLogRecordFactory(previous)
+    assert not ran
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}/.mlflow/credentials holds your")
+
+
 def test_401_and_403_become_one_line_that_says_what_to_do(monkeypatch) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.protos import databricks_pb2 as codes

@@ -33,6 +33,7 @@ def stage_main(func: F) -> F:
         )
         secrets.redact_logging()
         try:
+            access.check_credentials_file()  # it holds a password: 0600 or refused
             return func(*args, **kwargs)
         except PipelineError as err:
             print(f"error: {secrets.redact_text(str(err))}", file=sys.stderr)

@@ -39,7 +39,7 @@ _known: set[str] = set()
 
 def remember(secret: str | None) -> None:
     """Mask `secret` from now on in everything `redact_text` sees, raw and percent-encoded."""
-    if not secret or len(secret) < 3:  # a one-letter "password" would mask half of every line
+    if not secret or len(secret) < 4:  # a two-letter "password" would mask half of every line
         return
     _known.update({secret, quote(secret, safe=""), quote_plus(secret), quote(secret)})
 
@@ -125,6 +125,8 @@ def redact_logging() -> None:
     log record (whatever logger or handler emits it, Optuna's own included: records are made
     with their message redacted), every warning and every uncaught exception's traceback."""
     remember_environment()
+    sys.excepthook = _redacted_excepthook
+    warnings.showwarning = _redacted_showwarning
     factory = logging.getLogRecordFactory()
     if getattr(factory, "redacting", False):
         return
@@ -143,8 +145,6 @@ def redact_logging() -> None:
 
     make_record.redacting = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(make_record)
-    sys.excepthook = _redacted_excepthook
-    warnings.showwarning = _redacted_showwarning
 
 
 def _redacted_excepthook(kind, value, tb) -> None:

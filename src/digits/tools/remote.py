@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -67,6 +68,8 @@ def check_host_key(remote: SshRemote, known_hosts: Path) -> None:
     """Connect far enough to see the server's host key, and refuse one `known_hosts` does
     not list (unknown, or changed). Authentication is left to DVC."""
     import asyncssh
+
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)  # its INFO lines: every packet step
 
     async def probe() -> None:
         try:

@@ -85,14 +85,15 @@ def server_environment(args: argparse.Namespace, folder: Path) -> dict[str, str]
     env.pop("SERVER_DB", None)
     if args.no_auth:
         return env
+    password = admin_password(args.admin_password_file)
     users = auth_url(backend)
-    check_database(users.secret, purpose="the server's users (createdb it beside the runs)")
+    check_database(users.secret, purpose="the server's users: createdb it beside the runs")
     admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
     ini = folder / "basic_auth.ini"
     write_private_file(ini, auth_ini(users, admin))
     env.update(
         MLFLOW_AUTH_CONFIG_PATH=str(ini),
-        MLFLOW_AUTH_ADMIN_PASSWORD=admin_password(args.admin_password_file),
+        MLFLOW_AUTH_ADMIN_PASSWORD=password,
         MLFLOW_FLASK_SERVER_SECRET_KEY=env.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
         or tokens.token_hex(32),
     )
@@ -104,8 +105,8 @@ def backend_url() -> StorageUrl:
     text = os.environ.get("SERVER_DB") or os.environ.get("MLFLOW_BACKEND_STORE_URI")
     if not text:
         raise PipelineError(
-            "no backend store: export SERVER_DB=postgresql://USER:PASSWORD@HOST/mlflow "
-            "(in the environment, never on the command line)"
+            "no backend store: export SERVER_DB=postgresql://USER@HOST/mlflow (USER:PASSWORD@ "
+            "with a password, percent-encoded), in the environment, never on the command line"
         )
     url = StorageUrl.parse(text)
     if url.database is None:
