@@ -27,7 +27,10 @@ SECRET_KEYS = {
 # schemes where user-info without a password is itself the secret (`https://TOKEN@host`)
 TOKEN_SCHEMES = {"http", "https"}
 # variables that hold a URL with a password, or a password
-URL_VARIABLES = ("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "SERVER_DB")
+URL_VARIABLES = (
+    "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI",
+    "SERVER_DB", "SERVER_AUTH_DB",
+)  # fmt: skip
 PASSWORD_VARIABLES = (
     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD", "PGPASSWORD",
 )  # fmt: skip
