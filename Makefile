@@ -9,6 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 PORT ?= 5000
 HOST ?= 127.0.0.1
 SERVER_DB ?= postgresql://postgres@127.0.0.1/mlflow
+export SERVER_DB
 ARTIFACTS ?= server-artifacts
 SERVER_WORKERS ?= 1
 
@@ -87,8 +88,10 @@ ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT)
 	  print("open", ui_address(load_params().mlflow, Path.cwd(), Environment.read(), "http://127.0.0.1:$(PORT)"))'
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
 
-server: setup ## MLflow tracking server: SERVER_DB= backend, artifacts proxied (ARTIFACTS=), HOST=127.0.0.1 PORT=5000
-	python -m digits.tools.server --backend-store-uri '$(SERVER_DB)' \
+# The server's database URLs and admin password reach it through the environment (export
+# SERVER_DB, MLFLOW_AUTH_ADMIN_PASSWORD), never a command line; users: digits.tools.server user add
+server: setup ## MLflow tracking server with users (export SERVER_DB=, MLFLOW_AUTH_ADMIN_PASSWORD=); ARTIFACTS=, HOST=, PORT=
+	python -m digits.tools.server serve \
 	  --artifacts-destination '$(abspath $(ARTIFACTS))' --host $(HOST) --port $(PORT) \
 	  --workers $(SERVER_WORKERS)
 

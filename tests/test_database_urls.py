@@ -90,8 +90,8 @@ def entry_points(url: str, tmp_path: Path) -> dict[str, tuple[list[str], dict[st
             stage_env(OPTUNA_STORAGE=url),
         ),
         "server": (
-            [python, "-m", "digits.tools.server", "--backend-store-uri", url, "--port", "1"],
-            stage_env(),
+            [python, "-m", "digits.tools.server", "serve", "--port", "1"],
+            stage_env(SERVER_DB=url),
         ),
         "train": (
             [python, "-m", "digits.stages.train", "--params", str(params), *TRAIN_ARGS],

@@ -38,6 +38,12 @@ PASSWORD = "s3cr3tpw"
         ("http://u:p@ss@h:5000/x?y=1", "http://u:***@h:5000/x?y=1"),  # a raw @ in the password
         ("see postgresql://a:b@c/d, https://q:w@e", "see postgresql://a:***@c/d, https://q:***@e"),
         ("https://h/api?token=abc&x=1", "https://h/api?token=***&x=1"),
+        (
+            "postgresql://u@h/db?sslmode=require&sslpassword=k3y",
+            "postgresql://u@h/db?sslmode=require&sslpassword=***",
+        ),
+        ("git: https://ghp_T0KEN@github.com/o/r", "git: https://***@github.com/o/r"),  # a token
+        ("postgresql://u:p%2F%23%3F%40%25%20x@h/db", "postgresql://u:***@h/db"),  # encoded
         ("postgresql://user@host/db", "postgresql://user@host/db"),  # no password: unchanged
         ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
         ("sweeps/optuna-journal.log", "sweeps/optuna-journal.log"),
@@ -45,6 +51,109 @@ PASSWORD = "s3cr3tpw"
 )
 def test_redact_text(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+AWKWARD = "pa/ss#w?o@r%d x"  # every character a URL parser trips on, and a space
+
+
+def test_a_parsed_url_is_typed_and_its_password_masked_in_every_spelling() -> None:
+    """Parsed once at the entry point: its kind, a redacted form, the original only on demand;
+    from then on the password is masked wherever it appears, raw or percent-encoded (a
+    driver's error message quotes it decoded)."""
+    from urllib.parse import quote
+
+    from digits.lib.urls import StorageKind, StorageUrl
+
+    text = f"postgresql+psycopg2://bob:{quote(AWKWARD, safe='')}@db:5432/optuna?sslpassword=k3yz"
+    url = StorageUrl.parse(text)
+    assert (url.kind, url.database, url.secret) == (StorageKind.POSTGRESQL, "optuna", text)
+    assert str(url) == "postgresql+psycopg2://bob:***@db:5432/optuna?sslpassword=***"
+    assert AWKWARD not in repr(url) and "k3yz" not in repr(url)
+    assert url.with_database("optuna_auth").redacted.startswith("postgresql+psycopg2://bob:***@")
+    said = f"FATAL: password {AWKWARD!r} for bob failed; url was {text}; key k3yz"
+    assert (
+        redact_text(said)
+        == "FATAL: password '***' for bob failed; url was "
+        + str(url).replace("?sslpassword=***", "?sslpassword=***")
+        + "; key ***"
+    )
+    assert StorageUrl.parse("sweeps/optuna-journal.log").kind is StorageKind.FILE
+    assert StorageUrl.parse("https://T0KEN99@h:5000").redacted == "https://***@h:5000"
+
+
+def test_tracebacks_and_warnings_are_redacted(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An uncaught exception and a warning (Optuna's, MLflow's) pass through the same masking:
+    the secrets of the environment are known from the start."""
+    import warnings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", AWKWARD)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    previous = logging.getLogRecordFactory()
+    try:
+        redact_logging()
+        try:
+            raise RuntimeError(f"login with {AWKWARD} refused")
+        except RuntimeError:
+            sys.excepthook(*sys.exc_info())
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn(f"retrying postgresql://u:{PASSWORD}@h/db", UserWarning, stacklevel=1)
+    finally:
+        logging.setLogRecordFactory(previous)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "login with *** refused" in err
+    assert "retrying postgresql://u:***@h/db" in err
+    assert AWKWARD not in err and PASSWORD not in err
+
+
+def test_a_credentials_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    from digits.lib.tracking.access import AccessError, check_credentials_file
+
+    creds = tmp_path / "credentials"
+    creds.write_text("[mlflow]\nmlflow_tracking_username = a\nmlflow_tracking_password = b\n")
+    creds.chmod(0o644)
+    with pytest.raises(AccessError, match="chmod 600"):
+        check_credentials_file(creds)
+    creds.chmod(0o600)
+    check_credentials_file(creds)
+
+
+def test_every_entry_point_refuses_a_readable_credentials_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow/credentials").write_text("[mlflow]\nmlflow_tracking_password = b\n")
+    (tmp_path / ".mlflow/credentials").chmod(0o640)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ran = []
+    previous = logging.getLogRecordFactory()
+    try:
+        with pytest.raises(SystemExit):
+            stage_main(lambda: ran.append(1))()
+    finally:
+        logging.setLogRecordFactory(previous)
+    assert not ran
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}/.mlflow/credentials holds your")
+
+
+def test_401_and_403_become_one_line_that_says_what_to_do(monkeypatch) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2 as codes
+
+    from digits.lib.tracking.access import AccessError, explain_denied, is_permission_denied
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    denied = MlflowException("403", error_code=codes.PERMISSION_DENIED)
+    assert is_permission_denied(denied)
+    with pytest.raises(AccessError) as err, explain_denied("http://t:5000", "register a model"):
+        raise denied
+    assert str(err.value).startswith("user 'alice' may not register a model on the tracking ")
+    with pytest.raises(AccessError) as err, explain_denied("http://t:5000", "log runs"):
+        raise MlflowException("401", error_code=codes.UNAUTHENTICATED)
+    assert "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in str(err.value)
+    with pytest.raises(MlflowException), explain_denied("http://t:5000", "log runs"):
+        raise MlflowException("gone", error_code=codes.RESOURCE_DOES_NOT_EXIST)
 
 
 def test_log_records_are_redacted_whatever_handler_emits_them() -> None:

@@ -1,7 +1,9 @@
 """An SSH DVC remote for real: OpenSSH's sshd, started here in the foreground on a free loopback
 port with a host key and a client key made for the test; Alice pushes the processed data over
-SFTP (dvc-ssh), Bob's fresh clone pulls it. REQUIRE_SSHD=1 (set by .ci/run) makes a missing
-sshd a failure; elsewhere the test skips and says why."""
+SFTP (dvc-ssh), Bob's fresh clone pulls it, both through `python -m digits.tools.remote`, which
+checks the server's host key against the team's known_hosts file: an unknown or changed key is
+refused before any data moves. REQUIRE_SSHD=1 (set by .ci/run) makes a missing sshd a failure;
+elsewhere the test skips and says why."""
 
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ class Sshd:
     port: int
     user: str
     key: Path  # the client's private key
+    host_key: Path  # the server's public host key
+
+    def known_hosts_line(self, public_key: Path | None = None) -> str:
+        """OpenSSH's known_hosts line for this server (with another key: a changed one)."""
+        kind, key = (public_key or self.host_key).read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {key}\n"
 
 
 def need_sshd() -> None:
@@ -90,7 +98,7 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
                 return False
 
         wait_until(banner, 30, "sshd's banner")
-        yield Sshd(port, getpass.getuser(), folder / "client_key")
+        yield Sshd(port, getpass.getuser(), folder / "client_key", folder / "host_key.pub")
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -111,26 +119,62 @@ def add_ssh_remote(clone: Path, sshd: Sshd, store: Path, env: dict[str, str]) ->
         run([dvc, "remote", "modify", "--local", "team", option, str(value)], clone, env)
 
 
-def test_push_and_pull_over_ssh(tmp_path: Path, mirror, sshd: Sshd) -> None:
+REMOTE = [str(BIN / "python"), "-m", "digits.tools.remote"]  # dvc with host keys checked
+
+
+def alice_with_data(tmp_path: Path, mirror, sshd: Sshd, env: dict[str, str]) -> Path:
+    """Alice's clone with the processed data committed and the SSH remote `team` added."""
     folder, hashes = mirror
-    env = stage_env(**GIT_IDENTITY)
     alice = project_copy(tmp_path / "alice", shrink(real_params(), hashes, [str(folder)]))
-    dvc = str(BIN / "dvc")
-    run([dvc, "repro", "preprocess"], alice, env)
+    run([str(BIN / "dvc"), "repro", "preprocess"], alice, env)
     run(["git", "add", "-A"], alice, env)
     run(["git", "commit", "-qm", "data"], alice, env)
+    add_ssh_remote(alice, sshd, tmp_path / "ssh-store", env)
+    return alice
+
+
+def test_push_and_pull_over_ssh(tmp_path: Path, mirror, sshd: Sshd) -> None:
+    known_hosts = tmp_path / "known_hosts"  # the team's file, as `ssh-keyscan` writes it
+    known_hosts.write_text(sshd.known_hosts_line())
+    env = stage_env(DVC_SSH_KNOWN_HOSTS=str(known_hosts), **GIT_IDENTITY)
+    alice = alice_with_data(tmp_path, mirror, sshd, env)
     store = tmp_path / "ssh-store"  # reached only through sshd
-    add_ssh_remote(alice, sshd, store, env)
-    pushed = run([dvc, "push", "-r", "team", "preprocess"], alice, env)
+    pushed = run([*REMOTE, "push", "-r", "team", "preprocess"], alice, env)
     assert any(store.rglob("*")), pushed
 
     bob = tmp_path / "bob"
     run(["git", "clone", "-q", str(alice), str(bob)], tmp_path, env)
     add_ssh_remote(bob, sshd, store, env)
-    run([dvc, "pull", "-r", "team", "preprocess"], bob, env)
+    run([*REMOTE, "pull", "-r", "team", "preprocess"], bob, env)
     for name in ("train.npz", "val.npz", "test.npz"):
         processed = Path("data/processed") / name
         assert (bob / processed).read_bytes() == (alice / processed).read_bytes(), name
-    assert "didn't change" in run([dvc, "repro", "preprocess"], bob, env)
+    assert "didn't change" in run([str(BIN / "dvc"), "repro", "preprocess"], bob, env)
     log = (tmp_path / "sshd/sshd.log").read_text()
     assert "Accepted publickey" in log, log  # the data went through sshd, with the test's key
+
+
+@pytest.mark.parametrize("trusted", ["unknown", "changed"])
+def test_an_unknown_or_changed_host_key_is_refused(
+    tmp_path: Path, mirror, sshd: Sshd, trusted: str
+) -> None:
+    """Nothing moves and the key is not even offered a login: one `error:` line that says how
+    to check and add the key. `changed` lists another key for the same host and port."""
+    known_hosts = tmp_path / "known_hosts"
+    if trusted == "unknown":
+        known_hosts.write_text("[127.0.0.1]:1 ssh-ed25519 " + sshd.known_hosts_line().split()[2])
+    else:
+        keygen(tmp_path / "other_key")
+        known_hosts.write_text(sshd.known_hosts_line(tmp_path / "other_key.pub"))
+    env = stage_env(DVC_SSH_KNOWN_HOSTS=str(known_hosts), **GIT_IDENTITY)
+    alice = alice_with_data(tmp_path, mirror, sshd, env)
+    out = subprocess.run(
+        [*REMOTE, "push", "-r", "team", "preprocess"],
+        cwd=alice, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the SSH remote 'team'"), out.stderr
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {known_hosts}" in lines[0]
+    assert not (tmp_path / "ssh-store").exists(), "data reached the server"
+    assert "Accepted publickey" not in (tmp_path / "sshd/sshd.log").read_text()

@@ -14,6 +14,7 @@ from typing import TypeVar
 from digits import PipelineError
 from digits.lib import secrets
 from digits.lib.files import disk_full, is_disk_full
+from digits.lib.tracking import access
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -32,6 +33,7 @@ def stage_main(func: F) -> F:
         )
         secrets.redact_logging()
         try:
+            access.check_credentials_file()  # it holds a password: 0600 or refused
             return func(*args, **kwargs)
         except PipelineError as err:
             print(f"error: {secrets.redact_text(str(err))}", file=sys.stderr)
@@ -40,6 +42,9 @@ def stage_main(func: F) -> F:
             print("error: out of memory", file=sys.stderr)
             raise SystemExit(1) from None
         except Exception as err:
+            if (denied := access.denied_message(err)) is not None:  # the server's 401/403
+                print(f"error: {secrets.redact_text(denied)}", file=sys.stderr)
+                raise SystemExit(1) from None
             if not is_disk_full(err):
                 raise
             cause = err

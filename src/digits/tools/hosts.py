@@ -184,10 +184,12 @@ def tracking_server(
     """`python -m digits.tools.server` (`database` as backend store, artifacts proxied into
     `folder`) on the bridge's address; yields its URL once it answers."""
     port = 5000 + int(uuid.uuid4().hex[:3], 16) % 4000
-    cmd = [sys.executable, "-m", "digits.tools.server", "--backend-store-uri", database]
+    # no users: the hosts are namespaces on this machine; the URL travels in the environment
+    cmd = [sys.executable, "-m", "digits.tools.server", "serve", "--no-auth"]
     cmd += ["--host", net.server, "--port", str(port)]
     cmd += ["--artifacts-destination", str(folder / "artifacts")]
     folder.mkdir(parents=True, exist_ok=True)
     url = f"http://{net.server}:{port}"
+    env = {**env, "SERVER_DB": database}
     with serving(["nice", "-n", "19", *cmd], url, folder / "server.log", env=env) as answering:
         yield answering
