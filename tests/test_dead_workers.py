@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from digits.lib.tracking.runs import ProcessName, boot_id, process_gone, process_id, start_time
-from digits.tools.sweep.workers import fail_orphans
+from digits.tools.sweep.orphans import fail_orphans
 
 HOST = socket.gethostname()
 
