@@ -31,11 +31,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument(
         "--out", type=Path, default=Path("reports/sweep"), help="folder for trials.csv and plots"
     )
-    run.add_argument("--timeout", type=float, help="seconds; no new trial starts after it")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds (sweep.timeout): no trial starts after it, trials in flight stop then",
+    )
     work = commands.add_parser("worker", help="internal: one worker process, started by `run`")
     work.add_argument("--parent-run-id", required=True, help="the sweep's MLflow parent run")
     work.add_argument("--seed", type=int, required=True, help="this worker's sampler seed")
-    work.add_argument("--deadline", type=float, help="Unix time after which no trial starts")
+    work.add_argument(
+        "--deadline", type=float, help="Unix time: no trial starts after it, trials stop then"
+    )
     for sub in (run, work):
         sub.add_argument(
             "--data", type=Path, default=Path("data/processed"), help="train/val .npz folder"

@@ -231,5 +231,6 @@ class SweepOptions:
     data: Path = Path("data/processed")
     out: Path = Path("reports/sweep")
     workers: int = 1
-    timeout: float | None = None  # seconds for this `make sweep`
+    # seconds for this `make sweep`: no trial starts after, trials in flight stop at an epoch end
+    timeout: float | None = None
     space: str | None = None  # a named space of `sweep.spaces` instead of `sweep.space`
