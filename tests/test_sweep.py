@@ -586,6 +586,46 @@ def test_pick_takes_the_smallest_model_near_the_best_accuracy() -> None:
     assert pick(front, names, ways, by_accuracy).number == 1  # within 100k of 20k: 1 and 2
 
 
+def test_summary_of_a_two_objective_study_is_typed(tmp_path: Path) -> None:
+    """The summary and the best trial are values: several objectives are the study's (its
+    directions), the parent run's metrics are named, the front's pick is typed."""
+    import optuna
+
+    from digits.lib.config import PromoteRule
+    from digits.tools.sweep.results import write_results
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for accuracy, size, rate in (
+        (0.98, 400_000, 0.001),
+        (0.979, 100_000, 0.002),
+        (0.9, 9e5, 0.003),
+    ):
+        overrides = {"train.learning_rate": rate}
+        study.add_trial(
+            optuna.create_trial(values=[accuracy, size], user_attrs={"overrides": overrides})
+        )
+    objectives = {"val/accuracy": "maximize", "model.n_params": "minimize"}
+    summary = write_results(study, tmp_path, 2, objectives, PromoteRule(tolerance=0.002))
+    best = summary.best
+    assert best is not None and best.multi_objective and best.pareto_front == [0, 1]
+    assert best.number == 1 and best.params == {"train": {"learning_rate": 0.002}}
+    assert summary.metrics() == {
+        "trials/complete": 3,
+        "trials/pruned": 0,
+        "trials/failed": 0,
+        "epochs/trained": 0,
+        "epochs/saved_by_pruning": 0,
+        "best/val_accuracy": 0.98,
+        "best/model.n_params": 100_000,
+        "trials/pareto": 2,
+        "promoted/val_accuracy": 0.979,
+        "promoted/model.n_params": 100_000,
+    }
+    assert summary.counts_line() == "3 complete, 0 pruned, 0 failed"
+    record = yaml.safe_load((tmp_path / "best_params.yaml").read_text())
+    assert record["trial"] == 1 and record["pareto_front"] == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("objectives", "promote", "message"),
     [
