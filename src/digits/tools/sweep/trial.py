@@ -161,7 +161,8 @@ def deadline_callback(deadline: float) -> keras.callbacks.Callback:
         stopped_epoch: int | None = None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            if time.time() >= deadline:
+            last = epoch + 1 >= self.params.get("epochs", 0)  # the fit ends here anyway
+            if time.time() >= deadline and not last and not self.model.stop_training:
                 self.stopped_epoch = epoch + 1
                 self.model.stop_training = True
 

@@ -81,10 +81,12 @@ def work(
     """A worker: run trials until the study holds its target of finished trials, the deadline
     passes, or this worker saw `n_trials` of its trials fail. While the last trials run on
     other workers it waits rather than start more, and retries any whose worker dies."""
+    assert params.sweep is not None
+    heartbeat = params.sweep.heartbeat
     with Interruption().installed() as interruption:
         study = open_study(params, opts.storage, opts.study, seed)
         objective = make_objective(params, opts, parent_run_id, interruption, deadline)
-        grace = grace_seconds(params.sweep.heartbeat)  # type: ignore[union-attr]
+        grace = grace_seconds(heartbeat)
         failures: list[int] = []
         while len(failures) < opts.n_trials:
             interruption.check()
@@ -93,7 +95,7 @@ def work(
                 log.info("%s", step.value)
                 return
             if step is Step.WAIT:
-                time.sleep(min(max(params.sweep.heartbeat, 0.5), 5))  # type: ignore[union-attr]
+                time.sleep(min(max(heartbeat, 0.5), 5))
                 continue
             if (failed := run_one(study, objective)) is not None:
                 failures.append(failed)
