@@ -548,7 +548,8 @@ def test_promote_refuses_settings_that_are_not_a_mapping(
     with pytest.raises(SystemExit):
         sweep_here("--params", "params.yaml", "promote")
     assert (project / "params.yaml").read_bytes() == before
-    assert "error: trial 0 of study records no settings as a mapping" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: trial 0 of study 'mnist-mlp' records its settings (user attr" in err
 
 
 def test_space_dimensions_are_checked_together(small_params: dict[str, Any]) -> None:

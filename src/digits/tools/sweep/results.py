@@ -93,15 +93,15 @@ class UntrustedTrial(PipelineError):
     """A trial's recorded settings are not a mapping of dotted keys: not written anywhere."""
 
 
-def trial_overrides(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+def trial_overrides(trial: optuna.trial.FrozenTrial, study: str) -> dict[str, Any]:
     """The settings a trial trained (its `overrides` user attr), checked to be a mapping of
     dotted keys: anyone who can write to the study's storage can write user attrs."""
     overrides = trial.user_attrs.get("overrides")
     if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
         raise UntrustedTrial(
-            f"trial {trial.number} of study records no settings as a mapping of dotted keys "
-            "(its `overrides` user attr); it was not written by `make sweep`: check who can "
-            "write to the study's storage"
+            f"trial {trial.number} of study {study!r} records its settings (user attr "
+            "`overrides`) as something other than a mapping of dotted keys: `make sweep` never "
+            "writes that; nothing was written: check who can write to the study's storage"
         )
     return dict(overrides)
 
@@ -165,7 +165,7 @@ def best_trial(study: optuna.Study, objectives: dict[str, str], rule: PromoteRul
         study=study.study_name,
         number=best.number,
         values=objective_values(best, names),
-        overrides=trial_overrides(best),
+        overrides=trial_overrides(best, study.study_name),
         mlflow_run_id=best.user_attrs.get("mlflow_run_id"),
         rule=text,
         pareto_front=front,
