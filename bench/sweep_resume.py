@@ -1,6 +1,7 @@
 """A sweep trial resumed after kill -9, on real data: a one-worker sweep (1 trial, 5 epochs) is
 killed once its trial has reported epoch 2, then run again. The retry must continue in the same
-MLflow run and end with the per-epoch values of an uninterrupted fit of the same settings.
+MLflow run and end with the per-epoch values of an uninterrupted fit of the same settings, and
+leave no checkpoint behind once the study ends.
 
     PYTHONPATH=src .venv/bin/python bench/sweep_resume.py     # needs data/processed; ~1 min
 """
@@ -81,6 +82,8 @@ def main() -> None:
     uninterrupted = [float(v) for v in whole["val/accuracy"]]
     print("val/accuracy by epoch, uninterrupted:", uninterrupted)
     print("identical:", [v for _, v in history] == uninterrupted)
+    left = sorted(str(p.relative_to(project)) for p in (project / "sweeps").rglob("*.npz"))
+    print("checkpoints left after the study ended:", left or "none")
 
 
 if __name__ == "__main__":

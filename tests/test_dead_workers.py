@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from digits.lib.process import ProcessName, boot_id, process_gone, process_id, start_time
-from digits.tools.sweep.workers import fail_orphans
+from digits.tools.sweep.orphans import fail_orphans
 
 HOST = socket.gethostname()
 
@@ -73,6 +74,7 @@ def running_trial(study: Any, worker: str, epochs: int) -> Any:
     trial.suggest_float("train.learning_rate", 1e-4, 1e-2, log=True)
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("mlflow_run_id", "run-of-the-dead")
+    trial.set_user_attr("first_attempt", trial.number)  # as the objective records it
     for epoch in range(1, epochs + 1):
         trial.report(0.5 + epoch / 100, epoch)
     return trial
@@ -118,3 +120,51 @@ def test_a_retry_is_run_with_its_params_and_retried_at_most_twice(study: Any) ->
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "FAIL", "FAIL"], "the second retry's death is not retried"
     assert study.trials[2].system_attrs["retry_history"] == [0, 1]
+
+
+def test_a_running_trial_without_an_owner_is_failed_after_the_grace_period(study: Any) -> None:
+    """A worker killed between Optuna creating its trial (or popping a retry) and recording
+    itself as the owner leaves a RUNNING trial no one owns: failed and retried once it has
+    run `grace` seconds, never before (a live worker records itself at once)."""
+    orphan = study.ask()  # RUNNING, no `worker`: killed before the objective's first line
+    assert fail_orphans(study, single_host=True, grace=60) == [], "young: its worker may live"
+    time.sleep(0.3)
+    assert fail_orphans(study, single_host=True, grace=0.2) == [orphan.number]
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "WAITING"]
+    assert study.trials[1].user_attrs["retry_of"] == orphan.number
+
+
+def checkpoint_files(folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"state")
+
+
+def test_checkpoints_go_once_no_trial_can_resume_them(study: Any, tmp_path: Path) -> None:
+    """A checkpoint stays while its trial (or a retry of it) is RUNNING with a live worker or
+    WAITING to resume it; those of ended trials, left by dead processes, are removed."""
+    import optuna
+
+    from digits.tools.sweep.orphans import remove_stale_checkpoints
+
+    done = study.ask()
+    study.tell(done, 0.9)  # complete: its process died before removing its checkpoint
+    live = running_trial(study, process_id(), 1)  # this process writes it now
+    killed = running_trial(study, f"{HOST}:{dead_pid()}", 2)
+    gave_up = study.ask()
+    study.tell(gave_up, state=optuna.trial.TrialState.FAIL)  # failed for good
+    assert fail_orphans(study, single_host=True) == [killed.number]  # its retry is WAITING
+    folder = tmp_path / "checkpoints" / "study"
+    names = [f"trial-{n}.npz" for n in (done.number, live.number, killed.number, gave_up.number)]
+    checkpoint_files(folder, [*names, f".trial-{done.number}.x1y2.tmp.npz", "notes.txt"])
+    removed = remove_stale_checkpoints(study, folder)
+    assert sorted(p.name for p in removed) == sorted(
+        [
+            f"trial-{done.number}.npz",
+            f"trial-{gave_up.number}.npz",
+            f".trial-{done.number}.x1y2.tmp.npz",
+        ]
+    )
+    kept = sorted(p.name for p in folder.iterdir())
+    assert kept == sorted([f"trial-{live.number}.npz", f"trial-{killed.number}.npz", "notes.txt"])

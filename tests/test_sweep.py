@@ -413,12 +413,146 @@ def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str
     edit_params(project / "params.yaml", {"sweep.heartbeat": 1})
     params = load_params(project / "params.yaml", SweepParams)
     study = open_study(params, pg_storage, "hb", 0)
-    trial = study.ask()
-    study._storage.record_heartbeat(trial._trial_id)
-    trial.set_user_attr("worker", "elsewhere:1")
+
+    def dies(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", "elsewhere:1")
+        raise SystemExit  # leaves it RUNNING with its heartbeat recorded, as a lost host does
+
+    with pytest.raises(SystemExit):
+        study.optimize(dies, n_trials=1)
     time.sleep(2.5)
     optuna.storages.fail_stale_trials(study)
     assert study.trials[0].state.name == "FAIL"
+
+
+def test_a_running_trial_without_an_owner_does_not_stall_the_sweep(
+    project: Path, processed: Path, sweep_here: Callable[..., str]
+) -> None:
+    """Issue 26: a kill before a trial records its worker leaves it RUNNING without one; the
+    sweep used to wait for it for ever. It is failed after two heartbeats and retried."""
+    check_ownerless_trial_is_retried(project, processed, sweep_here, None)
+
+
+def test_a_running_trial_without_an_owner_is_retried_on_postgresql(
+    project: Path, processed: Path, pg_storage: str, sweep_here: Callable[..., str]
+) -> None:
+    """The same on PostgreSQL, where Optuna's heartbeat never saw the trial."""
+    check_ownerless_trial_is_retried(project, processed, sweep_here, pg_storage)
+
+
+def check_ownerless_trial_is_retried(
+    project: Path, processed: Path, sweep_here: Callable[..., str], storage: str | None
+) -> None:
+    edit_params(project / "params.yaml", {"sweep.heartbeat": 1})
+    orphan = load(project, storage).ask()  # RUNNING, no `worker`: its process was killed
+    args = ["--n-trials", "1", "--timeout", "120"]  # bounded: the old code waited until then
+    args += ["--storage", storage] if storage else []
+    output = sweep_here(*sweep_args(project, processed, *args))
+    study = load(project, storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"], output
+    assert study.trials[1].user_attrs["retry_of"] == orphan.number
+
+
+def test_checkpoints_of_ended_trials_are_removed_by_the_next_run(
+    project: Path, processed: Path, sweep_here: Callable[..., str]
+) -> None:
+    """Issue 26: a checkpoint left by a dead process goes once no trial can resume it; the
+    one a queued retry will resume from stays."""
+    import optuna
+
+    from digits.lib.config import load_params
+
+    study = load(project)
+    distribution = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING):
+        study.add_trial(
+            optuna.create_trial(
+                state=state,
+                value=0.5 if state.name == "COMPLETE" else None,
+                params={"train.learning_rate": 0.003},
+                distributions={"train.learning_rate": distribution},
+                user_attrs={"overrides": {"train.learning_rate": 0.003}, "first_attempt": 0},
+            )
+        )
+    folder = project / "sweeps/checkpoints" / load_params(project / "params.yaml").sweep.study
+    folder.mkdir(parents=True)
+    for name in ("trial-0.npz", "trial-5.npz", ".trial-5.k3j4.tmp.npz"):
+        (folder / name).write_bytes(b"a dead process's state")
+    (folder / "trial-0.npz").write_bytes(b"the state the queued retry resumes")
+    output = sweep_here(*sweep_args(project, processed, "--n-trials", "1"))
+    assert "nothing to run" in output
+    assert sorted(p.name for p in folder.iterdir()) == ["trial-0.npz"], output
+
+
+def test_the_timeout_stops_a_trial_in_flight(
+    project: Path, processed: Path, sweep_here: Callable[..., str]
+) -> None:
+    """Issue 27: `sweep.timeout` bounds a sweep's wall time whatever trials it draws: a trial
+    still training at the deadline stops at its next epoch end, PRUNED, its epochs kept."""
+    fixed = {"model.type": "mlp", "train.epochs": 5000, "train.patience": 0}
+    edit_params(project / "params.yaml", {"sweep.fixed": fixed, "sweep.pruner": "none"})
+    started = time.monotonic()
+    output = sweep_here(*sweep_args(project, processed, "--n-trials", "2", "--timeout", "15"))
+    assert time.monotonic() - started < 120, output
+    (trial,) = load(project).trials
+    assert trial.state.name == "PRUNED", output
+    assert 0 < trial.user_attrs["epochs"] < 5000
+    _, (child,) = sweep_runs(project)
+    assert child.data.tags["optuna.stopped_by"] == "timeout"
+    assert child.data.tags["optuna.state"] == "PRUNED" and child.info.status == "FINISHED"
+
+
+def promote_study(project: Path, overrides: Any) -> None:
+    """A study whose one complete trial carries `overrides`, as anyone who can write to the
+    study's storage can record them."""
+    import optuna
+
+    study = load(project)
+    distribution = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    study.add_trial(
+        optuna.create_trial(
+            value=0.99,
+            params={"train.learning_rate": 0.003},
+            distributions={"train.learning_rate": distribution},
+            user_attrs={"overrides": overrides},
+        )
+    )
+
+
+def test_promote_writes_only_the_searched_settings(
+    project: Path, sweep_here: Callable[..., str], capsys
+) -> None:
+    """Issue 25: a trial that sets a tracking URI and a download mirror is refused by name, and
+    params.yaml keeps every byte."""
+    promote_study(
+        project,
+        {
+            "train.learning_rate": 0.003,
+            "mlflow.tracking_uri": "http://evil.invalid:5000",
+            "download.mirrors": ["http://evil.invalid/mnist/"],
+        },
+    )
+    before = (project / "params.yaml").read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        sweep_here("--params", "params.yaml", "promote")
+    assert exit_.value.code == 1
+    assert (project / "params.yaml").read_bytes() == before
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "'mlflow.tracking_uri', 'download.mirrors'" in errors[0]
+    assert "sweep.space and sweep.fixed do not hold: refused" in errors[0]
+
+
+def test_promote_refuses_settings_that_are_not_a_mapping(
+    project: Path, sweep_here: Callable[..., str], capsys
+) -> None:
+    promote_study(project, "mlflow.tracking_uri=http://evil.invalid:5000")
+    before = (project / "params.yaml").read_bytes()
+    with pytest.raises(SystemExit):
+        sweep_here("--params", "params.yaml", "promote")
+    assert (project / "params.yaml").read_bytes() == before
+    err = capsys.readouterr().err
+    assert "error: trial 0 of study 'mnist-mlp' records its settings (user attr" in err
 
 
 def test_space_dimensions_are_checked_together(small_params: dict[str, Any]) -> None:
@@ -455,6 +589,46 @@ def test_pick_takes_the_smallest_model_near_the_best_accuracy() -> None:
     assert pick(front, names, ways, PromoteRule(tolerance=0.01)).number == 2
     by_accuracy = PromoteRule(metric="model.n_params", then="val/accuracy", tolerance=100_000)
     assert pick(front, names, ways, by_accuracy).number == 1  # within 100k of 20k: 1 and 2
+
+
+def test_summary_of_a_two_objective_study_is_typed(tmp_path: Path) -> None:
+    """The summary and the best trial are values: several objectives are the study's (its
+    directions), the parent run's metrics are named, the front's pick is typed."""
+    import optuna
+
+    from digits.lib.config import PromoteRule
+    from digits.tools.sweep.results import write_results
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for accuracy, size, rate in (
+        (0.98, 400_000, 0.001),
+        (0.979, 100_000, 0.002),
+        (0.9, 9e5, 0.003),
+    ):
+        overrides = {"train.learning_rate": rate}
+        study.add_trial(
+            optuna.create_trial(values=[accuracy, size], user_attrs={"overrides": overrides})
+        )
+    objectives = {"val/accuracy": "maximize", "model.n_params": "minimize"}
+    summary = write_results(study, tmp_path, 2, objectives, PromoteRule(tolerance=0.002))
+    best = summary.best
+    assert best is not None and best.multi_objective and best.pareto_front == [0, 1]
+    assert best.number == 1 and best.params == {"train": {"learning_rate": 0.002}}
+    assert summary.metrics() == {
+        "trials/complete": 3,
+        "trials/pruned": 0,
+        "trials/failed": 0,
+        "epochs/trained": 0,
+        "epochs/saved_by_pruning": 0,
+        "best/val_accuracy": 0.98,
+        "best/model.n_params": 100_000,
+        "trials/pareto": 2,
+        "promoted/val_accuracy": 0.979,
+        "promoted/model.n_params": 100_000,
+    }
+    assert summary.counts_line() == "3 complete, 0 pruned, 0 failed"
+    record = yaml.safe_load((tmp_path / "best_params.yaml").read_text())
+    assert record["trial"] == 1 and record["pareto_front"] == [0, 1]
 
 
 @pytest.mark.parametrize(

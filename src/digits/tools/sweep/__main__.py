@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from digits import PipelineError
 from digits.lib.cli import stage_main
 from digits.lib.config import ParamsError
 from digits.lib.config.edit import edit_params
@@ -13,6 +15,9 @@ from digits.lib.config.sweep import SweepConfig
 from digits.lib.environment import Environment
 from digits.tools.sweep.checks import load_sweep_params
 from digits.tools.sweep.study import SweepOptions, count_trials, redact, storage_url
+
+if TYPE_CHECKING:
+    from digits.tools.sweep.results import BestTrial
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -29,11 +34,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument(
         "--out", type=Path, default=Path("reports/sweep"), help="folder for trials.csv and plots"
     )
-    run.add_argument("--timeout", type=float, help="seconds; no new trial starts after it")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds (sweep.timeout): no trial starts after it, trials in flight stop then",
+    )
     work = commands.add_parser("worker", help="internal: one worker process, started by `run`")
     work.add_argument("--parent-run-id", required=True, help="the sweep's MLflow parent run")
     work.add_argument("--seed", type=int, required=True, help="this worker's sampler seed")
-    work.add_argument("--deadline", type=float, help="Unix time after which no trial starts")
+    work.add_argument(
+        "--deadline", type=float, help="Unix time: no trial starts after it, trials stop then"
+    )
     for sub in (run, work):
         sub.add_argument(
             "--data", type=Path, default=Path("data/processed"), help="train/val .npz folder"
@@ -85,35 +96,53 @@ def main(argv: Sequence[str] | None = None) -> None:
         timeout=getattr(args, "timeout", None) or cfg.timeout,
         env=env,
     )
-    from digits.tools.sweep import workers
-    from digits.tools.sweep.results import count_trials_line
-
     if args.command == "worker":
-        workers.work(params, opts, args.parent_run_id, args.seed, args.deadline)
+        from digits.tools.sweep.workers import work
+
+        work(params, opts, args.parent_run_id, args.seed, args.deadline)
         return
-    summary = workers.sweep(params, opts)
-    print(f"sweep {opts.study}: {count_trials_line(summary)}")
-    if (best := summary.get("best")) and "rule" in best:
-        print(f"Pareto front: trials {best['pareto_front']}; {best['rule']}:")
-    if best:
+    from digits.tools.sweep.launcher import sweep
+
+    summary = sweep(params, opts)
+    print(f"sweep {opts.study}: {summary.counts_line()}")
+    if (best := summary.best) is not None:
+        if best.multi_objective:
+            print(f"Pareto front: trials {best.pareto_front}; {best.rule}:")
         print(
-            f"{'best ' if 'rule' not in best else ''}trial {best['trial']}: {values_text(best)}; "
-            f"`make promote` writes its settings into {args.params}"
+            f"{'' if best.multi_objective else 'best '}trial {best.number}: "
+            f"{best.values_text()}; `make promote` writes its settings into {args.params}"
         )
 
 
-def values_text(best: dict) -> str:
-    """'val/accuracy 0.9861' or 'val/accuracy 0.9850, model.n_params 203530'."""
-    values = best.get("values") or {best["objective"]: best["value"]}
-    return ", ".join(f"{k} {v:.4f}" if abs(v) < 100 else f"{k} {v:g}" for k, v in values.items())
+class PromoteRefused(PipelineError):
+    """The chosen trial carries settings the sweep did not search."""
+
+
+def promotable(best: BestTrial, cfg: SweepConfig, params_path: Path) -> dict[str, Any]:
+    """The chosen trial's settings that `make promote` may write: those of `sweep.space` and
+    `sweep.fixed` only. Anyone who can write to the study's storage can write a trial's
+    settings, so any other key (e.g. `mlflow.tracking_uri`, `download.mirrors`) is refused and
+    nothing is written."""
+    allowed = set(cfg.space) | set(cfg.fixed)
+    if refused := [key for key in best.overrides if key not in allowed]:
+        names = ", ".join(repr(key[:80]) for key in refused[:10])  # repr: one line, always
+        more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+        raise PromoteRefused(
+            f"trial {best.number} of study {best.study!r} sets {names}{more}, which "
+            f"sweep.space and sweep.fixed do not hold: refused, {params_path} is unchanged. "
+            "Only the searched settings are promoted; someone who can write to the study's "
+            "storage may have added these: check who can"
+        )
+    return best.overrides
 
 
 def promote(params_path: Path, study_name: str, url: str, cfg: SweepConfig) -> None:
     """Write the chosen trial's settings into `params_path`: the best complete trial, or with
-    several objectives the Pareto-front trial that `sweep.promote` picks."""
+    several objectives the Pareto-front trial that `sweep.promote` picks; only the keys of
+    `sweep.space` and `sweep.fixed` (`promotable`)."""
     import optuna
 
-    from digits.tools.sweep.results import best_record
+    from digits.tools.sweep.results import best_trial
     from digits.tools.sweep.study import check_same_objectives, open_storage, repair_storage
 
     repair_storage(url)
@@ -124,12 +153,12 @@ def promote(params_path: Path, study_name: str, url: str, cfg: SweepConfig) -> N
     check_same_objectives(study, cfg)
     if not count_trials(study).complete:
         raise ParamsError(f"study {study_name!r} has no complete trial yet; run `make sweep`")
-    best = best_record(study, cfg.objectives, cfg.promote)
-    overrides = study.trials[best["trial"]].user_attrs["overrides"]
+    best = best_trial(study, dict(cfg.objectives), cfg.promote)
+    overrides = promotable(best, cfg, params_path)
     edit_params(params_path, overrides)
-    if "rule" in best:
-        print(f"Pareto front of {study_name!r}: trials {best['pareto_front']}; {best['rule']}:")
-    print(f"trial {best['trial']} ({values_text(best)}) written to {params_path}:")
+    if best.multi_objective:
+        print(f"Pareto front of {study_name!r}: trials {best.pareto_front}; {best.rule}:")
+    print(f"trial {best.number} ({best.values_text()}) written to {params_path}:")
     for key, value in overrides.items():
         print(f"  {key}: {value}")
     print("now `dvc repro` (or `make repro`) trains it")

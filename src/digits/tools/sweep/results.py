@@ -4,17 +4,20 @@ picks from it by the rule in `sweep.promote`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from digits import PipelineError
 from digits.lib.config import nest
 from digits.lib.config.sweep import PromoteRule
 from digits.lib.files import write_text
-from digits.tools.sweep.study import count_trials
+from digits.tools.sweep.study import Counts, count_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -34,7 +37,7 @@ def trials_frame(study: optuna.Study, names: list[str]) -> Any:
     worker died) and the worker that ran it."""
     import pandas as pd
 
-    several = len(names) > 1
+    several = len(study.directions) > 1
     front = {t.number for t in study.best_trials} if several else set()
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -87,33 +90,87 @@ def rule_text(rule: PromoteRule, directions: dict[str, str]) -> str:
     return f"{best} {rule.then} within {rule.tolerance:g} of the best {rule.metric}"
 
 
-def chosen_trial(study: optuna.Study, objectives: dict[str, str], rule: PromoteRule) -> Any:
-    """The trial `make promote` writes: the best one, or the rule's pick from the Pareto front."""
-    if len(objectives) == 1:
-        return study.best_trial
-    return pick(study.best_trials, list(objectives), list(objectives.values()), rule)
+class UntrustedTrial(PipelineError):
+    """A trial's recorded settings are not a mapping of dotted keys: not written anywhere."""
 
 
-def best_record(study: optuna.Study, objectives: dict[str, str], rule: PromoteRule) -> dict:
-    """What `best_params.yaml` holds: the chosen trial's number, values and settings (and, with
-    several objectives, the rule that chose it and the trials on the front)."""
-    names = list(objectives)
-    best = chosen_trial(study, objectives, rule)
-    record: dict[str, Any] = {"study": study.study_name, "trial": best.number}
-    if len(names) == 1:
-        record.update(objective=names[0], value=best.value)
-    else:
-        record.update(
-            objectives=dict(objectives),
-            values=objective_values(best, names),
-            rule=rule_text(rule, objectives),
-            pareto_front=sorted(t.number for t in study.best_trials),
+def trial_overrides(trial: optuna.trial.FrozenTrial, study: str) -> dict[str, Any]:
+    """The settings a trial trained (its `overrides` user attr), checked to be a mapping of
+    dotted keys: anyone who can write to the study's storage can write user attrs."""
+    overrides = trial.user_attrs.get("overrides")
+    if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+        raise UntrustedTrial(
+            f"trial {trial.number} of study {study!r} records its settings (user attr "
+            "`overrides`) as something other than a mapping of dotted keys: `make sweep` never "
+            "writes that; nothing was written: check who can write to the study's storage"
         )
-    record.update(
+    return dict(overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class BestTrial:
+    """The trial `make promote` writes: the best one, or with several objectives the one the
+    rule in `sweep.promote` picks from the Pareto front."""
+
+    study: str
+    number: int
+    values: dict[str, float]  # objective -> its value
+    overrides: dict[str, Any]  # the settings it trained, by dotted key
+    mlflow_run_id: str | None
+    rule: str | None = None  # several objectives: how the trial was picked, in words
+    pareto_front: list[int] | None = None  # several objectives: the front's trials
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.pareto_front is not None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The settings as a params tree."""
+        return nest(self.overrides)
+
+    def values_text(self) -> str:
+        """'val/accuracy 0.9861' or 'val/accuracy 0.9850, model.n_params 203530'."""
+        return ", ".join(
+            f"{k} {v:.4f}" if abs(v) < 100 else f"{k} {v:g}" for k, v in self.values.items()
+        )
+
+    def record(self, directions: Mapping[str, str]) -> dict[str, Any]:
+        """What `best_params.yaml` holds: the trial's number, values and settings (and, with
+        several objectives, the rule that chose it and the trials on the front)."""
+        record: dict[str, Any] = {"study": self.study, "trial": self.number}
+        if not self.multi_objective:
+            ((objective, value),) = self.values.items()
+            record.update(objective=objective, value=value)
+        else:
+            record.update(
+                objectives=dict(directions),
+                values=self.values,
+                rule=self.rule,
+                pareto_front=self.pareto_front,
+            )
+        return {**record, "mlflow_run_id": self.mlflow_run_id, "params": self.params}
+
+
+def best_trial(study: optuna.Study, objectives: dict[str, str], rule: PromoteRule) -> BestTrial:
+    """The study's `BestTrial`; several objectives (the study's directions decide) pick one
+    trial of the Pareto front by `rule`."""
+    names = list(objectives)
+    if len(study.directions) == 1:
+        best = study.best_trial
+        front, text = None, None
+    else:
+        best = pick(study.best_trials, names, list(objectives.values()), rule)
+        front, text = sorted(t.number for t in study.best_trials), rule_text(rule, objectives)
+    return BestTrial(
+        study=study.study_name,
+        number=best.number,
+        values=objective_values(best, names),
+        overrides=trial_overrides(best, study.study_name),
         mlflow_run_id=best.user_attrs.get("mlflow_run_id"),
-        params=nest(best.user_attrs["overrides"]),
+        rule=text,
+        pareto_front=front,
     )
-    return record
 
 
 def pareto_frame(study: optuna.Study, objectives: dict[str, str], chosen: int) -> Any:
@@ -181,35 +238,67 @@ def best_metric(name: str) -> str:
     return "best/" + name.replace("/", "_")
 
 
-def summary_metrics(study: optuna.Study, epochs_per_trial: int, names: list[str]) -> dict:
-    """The sweep's totals: best value of each objective, trials by state (and on the Pareto
-    front), epochs trained and saved by pruning (`epochs_per_trial`: all seeds of a trial)."""
+@dataclasses.dataclass(frozen=True)
+class SweepSummary:
+    """A sweep's outcome: trials by state, epochs trained and saved by pruning, the best value
+    of each objective (on the Pareto front, with several), the trial to promote, the plots."""
+
+    counts: Counts
+    epochs_trained: int
+    epochs_saved_by_pruning: int  # the epochs pruned trials would have trained on
+    best_values: dict[str, float]
+    best: BestTrial | None = None
+    plots: tuple[Path, ...] = ()
+
+    def metrics(self) -> dict[str, float]:
+        """The parent run's metrics: `trials/*`, `epochs/*`, `best/*` and, with several
+        objectives, `trials/pareto` and the promoted trial's values (`promoted/*`)."""
+        metrics: dict[str, float] = {
+            "trials/complete": self.counts.complete,
+            "trials/pruned": self.counts.pruned,
+            "trials/failed": self.counts.failed,
+            "epochs/trained": self.epochs_trained,
+            "epochs/saved_by_pruning": self.epochs_saved_by_pruning,
+        }
+        metrics.update({best_metric(k): v for k, v in self.best_values.items()})
+        if self.best is not None and self.best.pareto_front is not None:
+            metrics["trials/pareto"] = len(self.best.pareto_front)
+            metrics.update(
+                {f"promoted/{k.replace('/', '_')}": v for k, v in self.best.values.items()}
+            )
+        return metrics
+
+    def counts_line(self) -> str:
+        """'12 complete, 17 pruned, 1 failed'."""
+        c = self.counts
+        return f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed"
+
+
+def summarize(study: optuna.Study, epochs_per_trial: int, names: list[str]) -> SweepSummary:
+    """The sweep's totals (`epochs_per_trial`: all seeds of a trial), without the best trial
+    and the plots."""
+    from optuna.trial import TrialState
+
+    def epochs(state: TrialState) -> int:
+        trials = study.get_trials(deepcopy=False, states=(state,))
+        return sum(t.user_attrs.get("epochs", len(t.intermediate_values)) for t in trials)
+
     counts = count_trials(study)
-    trials = study.get_trials(deepcopy=False)
-
-    def epochs(state: str) -> int:
-        return sum(
-            t.user_attrs.get("epochs", len(t.intermediate_values))
-            for t in trials
-            if t.state.name == state
-        )
-
-    metrics = {
-        "trials/complete": counts.complete,
-        "trials/pruned": counts.pruned,
-        "trials/failed": counts.failed,
-        "epochs/trained": epochs("COMPLETE") + epochs("PRUNED"),
-        "epochs/saved_by_pruning": epochs_per_trial * counts.pruned - epochs("PRUNED"),
-    }
-    if counts.complete and len(names) == 1:
-        metrics[best_metric(names[0])] = study.best_value
+    best: dict[str, float] = {}
+    if counts.complete and len(study.directions) == 1:
+        best[names[0]] = study.best_value
     elif counts.complete:
         front = study.best_trials
-        metrics["trials/pareto"] = len(front)
         for i, (name, way) in enumerate(zip(names, study.directions, strict=True)):
-            best = max if way.name == "MAXIMIZE" else min
-            metrics[best_metric(name)] = best(t.values[i] for t in front)
-    return metrics
+            pick_best = max if way.name == "MAXIMIZE" else min
+            best[name] = pick_best(t.values[i] for t in front)
+    pruned = epochs(TrialState.PRUNED)
+    return SweepSummary(
+        counts=counts,
+        epochs_trained=epochs(TrialState.COMPLETE) + pruned,
+        epochs_saved_by_pruning=epochs_per_trial * counts.pruned - pruned,
+        best_values=best,
+    )
 
 
 def write_results(
@@ -218,30 +307,21 @@ def write_results(
     epochs_per_trial: int,
     objectives: dict[str, str],
     rule: PromoteRule,
-) -> dict[str, Any]:
+) -> SweepSummary:
     """trials.csv, best_params.yaml, the plots and (several objectives) pareto.csv in `out`;
     returns the summary."""
     names = list(objectives)
     out.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(study, names)
     write_text(out / "trials.csv", frame.to_csv(index=False, float_format="%.6g"))
-    summary: dict[str, Any] = summary_metrics(study, epochs_per_trial, names)
-    if count_trials(study).complete:
-        best = best_record(study, objectives, rule)
-        write_text(out / "best_params.yaml", yaml.safe_dump(best, sort_keys=False))
-        summary["best"] = best
-        if len(names) > 1:
-            pareto = pareto_frame(study, objectives, best["trial"])
+    summary = summarize(study, epochs_per_trial, names)
+    best = None
+    if summary.counts.complete:
+        best = best_trial(study, objectives, rule)
+        record = yaml.safe_dump(best.record(objectives), sort_keys=False)
+        write_text(out / "best_params.yaml", record)
+        if best.multi_objective:
+            pareto = pareto_frame(study, objectives, best.number)
             write_text(out / "pareto.csv", pareto.to_csv(index=False, float_format="%.6g"))
-            for name, value in best["values"].items():
-                summary[f"promoted/{name.replace('/', '_')}"] = value
-    summary["plots"] = [str(p) for p in write_plots(study, out, names)]
-    return summary
-
-
-def count_trials_line(summary: dict[str, Any]) -> str:
-    """'12 complete, 17 pruned, 1 failed'."""
-    return ", ".join(
-        f"{summary[k]} {k.split('/')[1]}"
-        for k in ("trials/complete", "trials/pruned", "trials/failed")
-    )
+    plots = tuple(write_plots(study, out, names))
+    return dataclasses.replace(summary, best=best, plots=plots)

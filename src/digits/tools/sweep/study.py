@@ -23,18 +23,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_JOURNAL = "sweeps/optuna-journal.log"
 FINISHED = ("COMPLETE", "PRUNED")  # trial states that count toward `n_trials`
-RETRIES = 2  # a trial whose worker died is retried this often: one that kills its worker stops
-# user attrs of a dead worker's trial that describe that attempt, not the configuration
-ATTEMPT_ATTRS = (
-    "worker",
-    "mlflow_run_id",
-    "epochs",
-    "scores",
-    "retry_of",
-    "retry_of_run",
-    "inherited_epochs",
-    "resumed_after_epoch",
-)
 
 
 def storage_url(cfg: SweepConfig, root: Path, override: str | None = None) -> str:
@@ -56,6 +44,7 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     import optuna
 
     from digits.lib.journal import journal_backend
+    from digits.tools.sweep.orphans import retry_trial
 
     if "://" in url:
         check_database(url)  # a missing driver or a dead server: one line, not a traceback
@@ -64,7 +53,7 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
             return optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=max(1, round(heartbeat)),
-                grace_period=max(2, round(2 * heartbeat)),
+                grace_period=round(grace_seconds(heartbeat)),
                 heartbeat_stale_trial_callback=retry_trial,
                 engine_kwargs={"pool_pre_ping": True, **session_limits(url, heartbeat)},
             )
@@ -72,65 +61,10 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(journal_backend(url))  # the default symlink lock
 
 
-def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-    """After `trial` failed because its worker died (stale heartbeat, or a worker found gone):
-    queue it again (WAITING, same params) keeping the epochs it had reported, as Optuna's
-    `RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)` does and with the same
-    system attrs (its `retried_trial_number`, `retry_history`), and end its MLflow run FAILED
-    when this process logs to MLflow. Returns whether it queued a retry (not past `RETRIES`, and
-    not queued already by another process that noticed first)."""
-    import optuna
-
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    run = trial.user_attrs.get("mlflow_run_id")
-    if run:
-        close_trial_run(run, trial)
-    if len(history) > RETRIES:
-        return False
-    for other in study.get_trials(deepcopy=False):
-        if other.system_attrs.get("retry_history") == history:
-            return False  # another process noticed first and queued it
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
-    user_attrs["retry_of"] = trial.number  # public to the trial (Trial has no system attrs)
-    user_attrs["inherited_epochs"] = len(trial.intermediate_values)
-    if run:
-        user_attrs["retry_of_run"] = run
-    study.add_trial(
-        optuna.create_trial(
-            state=optuna.trial.TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            user_attrs=user_attrs,
-            system_attrs={
-                "failed_trial": history[0],
-                **trial.system_attrs,
-                "retry_history": history,
-            },
-            intermediate_values=trial.intermediate_values,
-        )
-    )
-    return True
-
-
-def close_trial_run(run_id: str, trial: optuna.trial.FrozenTrial) -> None:
-    """End a dead worker's trial run FAILED, if this process is set up to log to MLflow (a
-    worker, or the launcher after `store.setup`; else the launcher's last clean-up does)."""
-    import mlflow
-
-    from digits.lib.tracking.reaping import close_run
-
-    if not mlflow.is_tracking_uri_set():
-        return
-    worker = trial.user_attrs.get("worker", "?")
-    reason = (
-        f"trial {trial.number} failed: its worker {worker} died or lost its network (no "
-        f"heartbeat, or its process is gone) after {len(trial.intermediate_values)} reported "
-        "epochs"
-    )
-    try:
-        close_run(run_id, reason)
-    except Exception as err:  # the launcher's last clean-up closes it (`orphan_runs`)
-        log.warning("could not end run %s of dead trial %d: %s", run_id, trial.number, err)
+def grace_seconds(heartbeat: float) -> float:
+    """How long a trial may go without a sign of its worker (a heartbeat, or an owner)
+    before it is judged dead: two heartbeats, at least 2 seconds."""
+    return max(2.0, 2 * heartbeat)
 
 
 def session_limits(url: str, heartbeat: float) -> dict:
@@ -275,12 +209,16 @@ class Counts:
 
 def count_trials(study: optuna.Study) -> Counts:
     """How many trials are in each state."""
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    from optuna.trial import TrialState
+
+    def count(state: TrialState) -> int:
+        return len(study.get_trials(deepcopy=False, states=(state,)))
+
     return Counts(
-        complete=states.count("COMPLETE"),
-        pruned=states.count("PRUNED"),
-        failed=states.count("FAIL"),
-        running=states.count("RUNNING"),
+        complete=count(TrialState.COMPLETE),
+        pruned=count(TrialState.PRUNED),
+        failed=count(TrialState.FAIL),
+        running=count(TrialState.RUNNING),
     )
 
 
@@ -295,6 +233,7 @@ class SweepOptions:
     data: Path = Path("data/processed")
     out: Path = Path("reports/sweep")
     workers: int = 1
-    timeout: float | None = None  # seconds for this `make sweep`
+    # seconds for this `make sweep`: no trial starts after, trials in flight stop at an epoch end
+    timeout: float | None = None
     space: str | None = None  # a named space of `sweep.spaces` instead of `sweep.space`
     env: Environment = field(default_factory=Environment)  # read once by the launcher's main

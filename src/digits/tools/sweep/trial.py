@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import statistics
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from digits import PipelineError
 from digits.lib.config import Params
-from digits.lib.config.sweep import Dimension
+from digits.lib.config.sweep import Dimension, SweepConfig
 from digits.lib.vocab import OBJECTIVES, epoch_metrics
 from digits.tools.sweep.study import reported_metric
 
@@ -144,6 +145,77 @@ def scores(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {name: statistics.fmean(r[key] for r in rows) for name, key in OBJECTIVES.items()}
 
 
+def sample(trial: optuna.Trial, sweep: SweepConfig) -> dict[str, Any]:
+    """The trial's settings: `sweep.fixed` and a sampled value of each setting of the space,
+    kept as its `overrides` user attr (what `make promote` writes)."""
+    overrides = {**sweep.fixed, **{k: suggest(trial, k, d) for k, d in sweep.space.items()}}
+    trial.set_user_attr("overrides", overrides)
+    return overrides
+
+
+def deadline_callback(deadline: float) -> keras.callbacks.Callback:
+    """Stops training at the first epoch end past `deadline` (Unix time): the sweep's time
+    budget bounds a trial in flight too; `stopped_epoch` tells whether it did."""
+    import keras
+
+    class Deadline(keras.callbacks.Callback):
+        stopped_epoch: int | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            last = epoch + 1 >= self.params.get("epochs", 0)  # the fit ends here anyway
+            if time.time() >= deadline and not last and not self.model.stop_training:
+                self.stopped_epoch = epoch + 1
+                self.model.stop_training = True
+
+    return Deadline()
+
+
+@dataclass
+class Stops:
+    """What may end a trial's training before its last epoch: the pruner (single-objective
+    studies), Ctrl-C, and the sweep's deadline."""
+
+    pruning: keras.callbacks.Callback | None
+    interruption: Interruption
+    deadline: keras.callbacks.Callback | None = None
+
+    @classmethod
+    def of(
+        cls, trial: optuna.Trial, sweep: SweepConfig, interruption: Interruption, at: float | None
+    ) -> Stops:
+        metric = reported_metric(sweep)
+        pruning = pruning_callback(trial, metric) if metric else None
+        return cls(pruning, interruption, deadline_callback(at) if at else None)
+
+    def callbacks(self, seed_index: int) -> list[keras.callbacks.Callback]:
+        """The Keras callbacks of the trial's `seed_index`-th fit. The first seed alone is
+        judged: it is the same seed in every trial, so the pruner compares like with like, and
+        a pruned trial trains no further seeds."""
+        judged = [self.pruning] if self.pruning and seed_index == 0 else []
+        timed = [self.deadline] if self.deadline else []
+        return [*judged, self.interruption.callback(), *timed]
+
+    @property
+    def reason(self) -> str | None:
+        """Why training stopped early ('pruned after epoch 3'), or None."""
+        if self.pruning and self.pruning.pruned_epoch:
+            return f"pruned after epoch {self.pruning.pruned_epoch}"
+        if self.deadline and self.deadline.stopped_epoch:
+            return f"stopped by the sweep's timeout after epoch {self.deadline.stopped_epoch}"
+        return None
+
+
+def record(trial: optuna.Trial, rows: Sequence[Mapping[str, float]], stops: Stops) -> None:
+    """The trial's epochs and scores (user attrs), and its state in its MLflow run."""
+    import mlflow
+
+    trial.set_user_attr("epochs", int(sum(r["train/epochs"] for r in rows)))
+    trial.set_user_attr("scores", scores(rows))
+    mlflow.set_tag("optuna.state", "PRUNED" if stops.reason else "COMPLETE")
+    if stops.deadline and stops.deadline.stopped_epoch:
+        mlflow.set_tag("optuna.stopped_by", "timeout")
+
+
 @dataclass
 class Objective:
     """Train one trial's configuration in a child run of the sweep's parent run."""
@@ -159,105 +231,119 @@ class Objective:
     # died on this machine resumes it (None: never); and the train/val data's digest
     checkpoints: Path | None = None
     data_digest: str = ""
+    deadline: float | None = None  # Unix time: trials in flight stop at their next epoch end
 
-    def checkpointer(self, trial: optuna.Trial, params: Params) -> Checkpointer | None:
-        """The trial's checkpointer: a retry reads the one of the first attempt it retries."""
-        from digits.lib.checkpoint import resumable
-
-        if self.checkpoints is None or self.params.sweep.repeats > 1:  # type: ignore[union-attr]
-            return None  # several seeds per trial: not resumed (a retry starts again)
-        first = trial.user_attrs.get("first_attempt", trial.number)  # retries inherit it
-        trial.set_user_attr("first_attempt", first)
-        return resumable(params, self.data_digest, self.checkpoints / f"trial-{first}.npz")
+    @property
+    def sweep(self) -> SweepConfig:
+        assert self.params.sweep is not None
+        return self.params.sweep
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import keras
-        import mlflow
         import optuna
 
-        from digits.lib.checkpoint import remove, reopened
-        from digits.lib.config import ParamsError
-        from digits.lib.config.runparams import run_params
         from digits.lib.process import process_id
-        from digits.lib.tracking import runs
-        from digits.lib.tracking.seeds import fit_seeds, log_spread
-        from digits.lib.training import fit_logged
 
         trial.set_user_attr("worker", process_id())  # first: who owns this trial
         self.interruption.check()
         # a fresh graph: otherwise every earlier trial's layers stay in this process
         keras.backend.clear_session()
-        sweep = self.params.sweep
-        assert sweep is not None
-        overrides = {**sweep.fixed, **{k: suggest(trial, k, d) for k, d in sweep.space.items()}}
-        trial.set_user_attr("overrides", overrides)
-        metric = reported_metric(sweep)
-        pruning = pruning_callback(trial, metric) if metric else None
+        overrides = sample(trial, self.sweep)
+        stops = Stops.of(trial, self.sweep, self.interruption, self.deadline)
+        params, invalid = self.trial_params(overrides)
+        saver = self.checkpointer(trial, params) if invalid is None else None
+        with self.child_run(trial, saver):
+            if invalid is not None:  # raised in the run, so that its run says why
+                raise invalid
+            rows = self.fit(params, saver, stops)
+            record(trial, rows, stops)
+        if stops.reason:
+            raise optuna.TrialPruned(stops.reason)
+        values = [scores(rows)[objective] for objective in self.sweep.objectives]
+        return values[0] if len(values) == 1 else values
 
-        def callbacks(seed_index: int) -> list[keras.callbacks.Callback]:
-            # the first seed alone is judged: it is the same seed in every trial, so the pruner
-            # compares like with like, and a pruned trial trains no further seeds
-            judged = [pruning] if pruning and seed_index == 0 else []
-            return [*judged, self.interruption.callback()]
+    def trial_params(self, overrides: Mapping[str, Any]) -> tuple[Params, Exception | None]:
+        """The params with the trial's settings, or the base params and why the settings are
+        invalid (an out-of-range value in the space)."""
+        from digits.lib.config import ParamsError
 
+        try:
+            return self.params.with_overrides(overrides), None
+        except ParamsError as err:
+            return self.params, err
+
+    def checkpointer(self, trial: optuna.Trial, params: Params) -> Checkpointer | None:
+        """The trial's checkpointer: a retry reads the one of the first attempt it retries."""
+        from digits.lib.checkpoint import resumable
+
+        if self.checkpoints is None or self.sweep.repeats > 1:
+            return None  # several seeds per trial: not resumed (a retry starts again)
+        first = trial.user_attrs.get("first_attempt", trial.number)  # retries inherit it
+        trial.set_user_attr("first_attempt", first)
+        return resumable(params, self.data_digest, self.checkpoints / f"trial-{first}.npz")
+
+    @contextlib.contextmanager
+    def child_run(self, trial: optuna.Trial, saver: Checkpointer | None) -> Iterator[None]:
+        """Inside the trial's nested MLflow run: a new one, or the dead attempt's that `saver`
+        resumes, reopened. A trial that raises is tagged FAIL there; one failed meanwhile by
+        another process raises `TakenOver`; the checkpoint goes when the trial ends here (a
+        killed process never gets to it: its retry resumes from it)."""
+        import mlflow
+
+        from digits.lib.checkpoint import remove, reopened
+        from digits.lib.tracking import runs
+
+        start = saver.start if saver else None
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number)}
         tags.update(retry_tags(trial))
-        name = f"{self.study_name}-{trial.number:03d}"
-        try:
-            params, invalid = self.params.with_overrides(overrides), None
-        except ParamsError as err:  # raised inside the run below, so that its run says why
-            params, invalid = self.params, err
-        saver = self.checkpointer(trial, params) if invalid is None else None
-        start = saver.start if saver else None
         # nested: in a one-worker sweep the parent run is the active run of this very process
         with (
             runs.tracked_run(
-                run_name=name,
+                run_name=f"{self.study_name}-{trial.number:03d}",
                 parent_run_id=self.parent_run_id,
                 nested=True,
-                run_id=start.run_id if start else None,  # the dead attempt's run, reopened
+                run_id=start.run_id if start else None,
                 tags=tags,
             ) as run,
             taken_over(self, trial),
         ):
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
-                if invalid is not None:
-                    raise invalid
                 if saver is not None:
                     saver.run_id = run.info.run_id
                 if start is not None:
                     reopened(run.info.run_id, start)
                     mlflow.set_tags(tags)  # this attempt's trial number and retry tags
                     trial.set_user_attr("resumed_after_epoch", start.epoch)
-                if sweep.repeats == 1:
-                    model, _, summary = fit_logged(
-                        params, self.train, self.val, callbacks(0), verbose=0, checkpoint=saver
-                    )
-                    rows = [{**summary, "model.n_params": model.count_params()}]
-                else:
-                    mlflow.log_params({**run_params(params), "sweep.repeats": sweep.repeats})
-                    rows = fit_seeds(
-                        params,
-                        self.train,
-                        self.val,
-                        sweep.repeats,
-                        callbacks,
-                        stop=lambda: bool(pruning and pruning.pruned_epoch),
-                    )
-                    if not pruning or not pruning.pruned_epoch:  # one partial seed has no spread
-                        log_spread(rows)
+                yield
             except BaseException:
                 mlflow.set_tag("optuna.state", "FAIL")
                 raise
             finally:
-                if saver is not None:  # a killed process never gets here: its state stays
+                if saver is not None:
                     remove(saver.path)
-            pruned = pruning.pruned_epoch if pruning else None
-            trial.set_user_attr("epochs", int(sum(r["train/epochs"] for r in rows)))
-            trial.set_user_attr("scores", scores(rows))
-            mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")
-        if pruned:
-            raise optuna.TrialPruned(f"pruned after epoch {pruned}")
-        values = [scores(rows)[objective] for objective in sweep.objectives]
-        return values[0] if len(values) == 1 else values
+
+    def fit(
+        self, params: Params, saver: Checkpointer | None, stops: Stops
+    ) -> list[dict[str, float]]:
+        """Train the trial's settings once (resumable from `saver`), or once per seed in
+        nested runs when `sweep.repeats > 1`; one row of results per fit."""
+        import mlflow
+
+        from digits.lib.config.runparams import run_params
+        from digits.lib.tracking.seeds import fit_seeds, log_spread
+        from digits.lib.training import fit_logged
+
+        repeats = self.sweep.repeats
+        if repeats == 1:
+            model, _, summary = fit_logged(
+                params, self.train, self.val, stops.callbacks(0), verbose=0, checkpoint=saver
+            )
+            return [{**summary, "model.n_params": model.count_params()}]
+        mlflow.log_params({**run_params(params), "sweep.repeats": repeats})
+        rows = fit_seeds(
+            params, self.train, self.val, repeats, stops.callbacks, stop=lambda: bool(stops.reason)
+        )
+        if not stops.reason:  # one partial seed has no spread
+            log_spread(rows)
+        return rows
