@@ -461,6 +461,7 @@ def test_checkpoints_of_ended_trials_are_removed_by_the_next_run(
     import optuna
 
     from digits.lib.config import load_params
+    from digits.lib.config.sweep import SweepParams
 
     study = load(project)
     distribution = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
@@ -474,7 +475,7 @@ def test_checkpoints_of_ended_trials_are_removed_by_the_next_run(
                 user_attrs={"overrides": {"train.learning_rate": 0.003}, "first_attempt": 0},
             )
         )
-    folder = project / "sweeps/checkpoints" / load_params(project / "params.yaml").sweep.study
+    folder = project / "sweeps/checkpoints" / load_params(project / "params.yaml", SweepParams).sweep.study
     folder.mkdir(parents=True)
     for name in ("trial-0.npz", "trial-5.npz", ".trial-5.k3j4.tmp.npz"):
         (folder / name).write_bytes(b"a dead process's state")
@@ -596,7 +597,7 @@ def test_summary_of_a_two_objective_study_is_typed(tmp_path: Path) -> None:
     directions), the parent run's metrics are named, the front's pick is typed."""
     import optuna
 
-    from digits.lib.config import PromoteRule
+    from digits.lib.config.sweep import PromoteRule
     from digits.tools.sweep.results import write_results
 
     study = optuna.create_study(directions=["maximize", "minimize"])
