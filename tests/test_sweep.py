@@ -475,7 +475,11 @@ def test_checkpoints_of_ended_trials_are_removed_by_the_next_run(
                 user_attrs={"overrides": {"train.learning_rate": 0.003}, "first_attempt": 0},
             )
         )
-    folder = project / "sweeps/checkpoints" / load_params(project / "params.yaml", SweepParams).sweep.study
+    folder = (
+        project
+        / "sweeps/checkpoints"
+        / load_params(project / "params.yaml", SweepParams).sweep.study
+    )
     folder.mkdir(parents=True)
     for name in ("trial-0.npz", "trial-5.npz", ".trial-5.k3j4.tmp.npz"):
         (folder / name).write_bytes(b"a dead process's state")
