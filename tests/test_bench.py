@@ -206,7 +206,7 @@ def test_bench_records_the_command_machine_and_day_with_its_figures(
 
 def test_a_rung_records_the_dvc_command_it_ran(monkeypatch: pytest.MonkeyPatch) -> None:
     rung = ladder.Rung(name="quick", reference=90, set={"train.epochs": 1})
-    monkeypatch.setattr(ladder, "run_rung", lambda run: 30.0)
+    monkeypatch.setattr(ladder, "run_rung", lambda run, promote: 30.0)
     monkeypatch.setattr(ladder, "rung_result", lambda run, experiment: {"accuracy": 95.0})
     result = ladder.measure(rung, parse_params(real_params()))
     found = provenance.read(result)

@@ -67,9 +67,9 @@ def test_an_edit_of_pyproject_without_make_lock_is_caught() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     lock = (ROOT / "requirements.lock").read_text()
     edited = pyproject.replace('"keras==3.15.1"', '"keras==3.15.0"')
-    edited = edited.replace('"pooch==1.9.0",', "").replace('dev = ["', 'dev = ["mkdocs==1.6.1", "')
+    edited = edited.replace('"pooch==1.9.0",', "").replace('dev = ["', 'dev = ["mkdocs-x==1.0", "')
     assert disagreements(edited, lock) == [
         "keras==3.15.0: requirements.lock pins keras==3.15.1: run `make lock`",
-        "mkdocs==1.6.1 is not in requirements.lock: run `make lock`",
+        "mkdocs-x==1.0 is not in requirements.lock: run `make lock`",
         "pooch is no longer in pyproject.toml: run `make lock`",
     ]
