@@ -425,6 +425,7 @@ def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str
     assert study.trials[0].state.name == "FAIL"
 
 
+@pytest.mark.integration  # a whole sweep process: `make test-integration`
 def test_a_running_trial_without_an_owner_does_not_stall_the_sweep(
     project: Path, processed: Path, sweep_here: Callable[..., str]
 ) -> None:
@@ -433,6 +434,7 @@ def test_a_running_trial_without_an_owner_does_not_stall_the_sweep(
     check_ownerless_trial_is_retried(project, processed, sweep_here, None)
 
 
+@pytest.mark.integration  # a whole sweep process: `make test-integration`
 def test_a_running_trial_without_an_owner_is_retried_on_postgresql(
     project: Path, processed: Path, pg_storage: str, sweep_here: Callable[..., str]
 ) -> None:
@@ -489,6 +491,7 @@ def test_checkpoints_of_ended_trials_are_removed_by_the_next_run(
     assert sorted(p.name for p in folder.iterdir()) == ["trial-0.npz"], output
 
 
+@pytest.mark.integration  # a whole sweep process: `make test-integration`
 def test_the_timeout_stops_a_trial_in_flight(
     project: Path, processed: Path, sweep_here: Callable[..., str]
 ) -> None:
