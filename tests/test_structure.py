@@ -189,6 +189,24 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     assert cycles == []
 
 
+def test_no_module_over_400_lines_and_no_function_over_60() -> None:
+    """A module past 400 lines, or a function past 60, is doing more than one job (ruff's C901
+    and PLR0915 bound branches and statements, not lines)."""
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        text = path.read_text()
+        if (lines := len(text.splitlines())) > 400:
+            too_long.append(f"{path.relative_to(ROOT)}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length}")
+    assert too_long == []
+
+
 def test_stage_modules_live_in_stages_and_tools_outside_the_graph() -> None:
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     commands = " ".join(str(s["cmd"]) for s in pipeline["stages"].values())

@@ -54,15 +54,7 @@ def fit(
     from digits.lib.models import build_model, compile_model
 
     if model_cfg.type == "numpy_mlp":
-        model, logs = numpy_mlp.fit(
-            model_cfg.numpy_mlp,
-            train_cfg,
-            train,
-            val,
-            callbacks,
-            verbose=1 if verbose is None else verbose,
-        )
-        return model, check_finite(history_frame({k: [e[k] for e in logs] for k in logs[0]}))
+        return fit_numpy(model_cfg, train_cfg, train, val, callbacks, verbose)
     keras.utils.set_random_seed(train_cfg.seed)
     steps = math.ceil(len(train) / train_cfg.batch_size)
     model = compile_model(build_model(model_cfg, image_shape(train.x.shape[1])), train_cfg, steps)
@@ -99,6 +91,20 @@ def fit(
     if checkpoint is not None and checkpoint.history:
         logs = checkpoint.history  # the epochs before the resume too
     return model, check_finite(history_frame(logs))
+
+
+def fit_numpy(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train: Split,
+    val: Split,
+    callbacks: Sequence[keras.callbacks.Callback],
+    verbose: int | None,
+) -> tuple[keras.Model, pd.DataFrame]:
+    """The notes' from-scratch NumPy network: its own loop, the same history."""
+    verbose = 1 if verbose is None else verbose
+    model, logs = numpy_mlp.fit(model_cfg.numpy_mlp, train_cfg, train, val, callbacks, verbose)
+    return model, check_finite(history_frame({k: [e[k] for e in logs] for k in logs[0]}))
 
 
 def check_finite(history: pd.DataFrame) -> pd.DataFrame:
