@@ -168,7 +168,7 @@ def run_without_tensorflow(module: str, argv: list[str], cwd: Path) -> tuple[str
 
 def make_command(*args: str) -> list[str]:
     """`make ARGS` with this test run's venv, told not to reinstall it (its `.installed` stamp
-    may be older than a copied pyproject.toml): the README's make targets, as a user runs them."""
+    may be older than a copied pyproject.toml): the make targets, as a user runs them."""
     venv = Path(sys.executable).parent.parent
     return ["make", f"VENV={venv}", "-o", f"{venv}/bin/.installed", *args]
 

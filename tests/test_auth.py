@@ -42,7 +42,7 @@ class Team:
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
-    """The README's team server: a role with a password owning `mlflow` and `mlflow_auth`,
+    """The team server of docs/team.md: a role with a password owning `mlflow` and `mlflow_auth`,
     `digits.tools.server serve` with the URL in $SERVER_DB and the admin password in a 0600
     file; every process's command line watched while it runs."""
     folder = tmp_path_factory.mktemp("team")

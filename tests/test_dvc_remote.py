@@ -1,4 +1,4 @@
-"""The shipped DVC remote between two clones, as the README tells a team to use it: Alice runs
+"""The shipped DVC remote between two clones, as docs/team.md tells a team to use it: Alice runs
 the pipeline and `make push`es; Bob clones (no MNIST mirror, no network) and `make pull`s, and
 has nothing left to run; experiments travel with `dvc exp push` / `dvc exp pull` through the
 team's git remote."""

@@ -1,4 +1,4 @@
-"""Slow checks on real MNIST (`make test-all`): the README's accuracy targets for the default
+"""Slow checks on real MNIST (`make test-all`): accuracy targets (below) for the default
 params and the softmax config. They need the real files: set MNIST_MIRROR to a folder holding
 them (here: ../shared/data/mnist); without it they skip."""
 

@@ -112,7 +112,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def add_ssh_remote(clone: Path, sshd: Sshd, store: Path, env: dict[str, str]) -> None:
-    """The README's commands for a team SSH remote; the key stays in the clone's config.local."""
+    """docs/team.md's commands for a team SSH remote; the key stays in the clone's config.local."""
     dvc = str(BIN / "dvc")
     run([dvc, "remote", "add", "--local", "team", f"ssh://127.0.0.1{store}"], clone, env)
     for option, value in (("port", sshd.port), ("user", sshd.user), ("keyfile", sshd.key)):

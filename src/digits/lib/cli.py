@@ -64,7 +64,7 @@ def exit_quickly() -> None:
     """Skip the interpreter's final garbage collection at exit: `gc.freeze` as the process ends.
 
     With TensorFlow, MLflow and pandas loaded that last pass walks hundreds of thousands of
-    objects (BENCHMARKS.md, Overhead), for memory the OS takes back anyway. Everything else
+    objects (docs/benchmarks.md, Overhead), for memory the OS takes back anyway. Everything else
     still happens: atexit handlers (MLflow ends its run and drains its queue, logging
     flushes), streams flush, files close. Only `__del__` of objects caught in reference cycles
     may not run, which Python never promises at exit. Registered once, however often called.

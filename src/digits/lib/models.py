@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from digits.lib.config import ModelConfig, TrainConfig
 
 # Batches per TensorFlow call in `fit`: less Python between batches, the same updates in the
-# same order (BENCHMARKS.md has the gain)
+# same order (measured in `git show 07e2d4a:BENCHMARKS.md`)
 STEPS_PER_EXECUTION = 32
 
 

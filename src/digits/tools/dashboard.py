@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params, SweepParams)
     if params.sweep is None:
-        raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
+        raise ParamsError(f"{args.params}: no `sweep:` section; see docs/sweeps.md")
     import optuna_dashboard
 
     from digits.lib.environment import Environment

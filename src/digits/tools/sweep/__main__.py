@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_sweep_params(args.params)
     if params.sweep is None:
-        raise ParamsError(f"{args.params}: no `sweep:` section; see the README")
+        raise ParamsError(f"{args.params}: no `sweep:` section; see docs/sweeps.md")
     cfg = params.sweep.choose(args.space)
     params = params.model_copy(update={"sweep": cfg})
     env = Environment.read()
