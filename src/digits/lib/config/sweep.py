@@ -92,7 +92,13 @@ class SweepConfig(Strict):
         description="Finished (complete or pruned) trials the study should reach.",
     )
     timeout: float | None = Field(
-        default=None, gt=0, description="Seconds per `make sweep` (null: no limit)."
+        default=300,
+        gt=0,
+        description=(
+            "Seconds per `make sweep`: no trial starts after it and trials in flight stop at "
+            "their next epoch's end, so a sweep's wall time is bounded whatever trials the "
+            "workers draw (null: no limit; `make sweep TIMEOUT=` overrides)."
+        ),
     )
     sampler: Literal["tpe", "random"] = Field(default="tpe", description="Optuna's sampler.")
     seed: Seed = Field(default=42, description="The sampler's seed, 0 to 2**32 - 1.")
