@@ -4,7 +4,9 @@ sweep comparison counts trials and epochs to the target the way it says."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import time
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,9 +14,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from digits import PipelineError
 from digits.lib.config import ParamsError, parse_params
 from digits.tools import bench, ladder, provenance
-from digits.tools.bench import cli, overhead, speed, sweep_efficiency
+from digits.tools.bench import cli, overhead, speed, sweep_efficiency, timed
 from digits.tools.bench.overhead import Overhead, Run
 from digits.tools.bench.speed import Speed
 from digits.tools.bench.sweep_efficiency import Reach, VariantResult
@@ -234,3 +237,76 @@ def test_the_sweep_command_writes_each_variant_under_its_name(
     assert list(written) == [*recorded, "provenance"]
     assert {k: written[k] for k in recorded} == recorded
     assert "| tpe-pruned | 40 (18 pruned) | 399 |" in (tmp_path / "sweep.md").read_text()
+
+
+def timed_argv(out: Path, name: str, *rest: str) -> list[str]:
+    return ["--out", str(out), "timed", "--name", name, *rest]
+
+
+def test_timed_runs_the_command_after_its_setup_and_merges_by_name(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    setup = f"echo setup >> {log}"
+    command = ["python", "-c", f"open({str(log)!r}, 'a').write('run\\n')"]
+    bench.main.__wrapped__(
+        timed_argv(tmp_path, "a", "--repeats", "2", "--setup", setup, "--", *command)
+    )
+    bench.main.__wrapped__(timed_argv(tmp_path, "b", "--repeats", "1", "--", "true"))
+    bench.main.__wrapped__(timed_argv(tmp_path, "b", "--repeats", "1", "--", "true", "again"))
+    assert log.read_text().split() == ["setup", "run", "setup", "run"]
+    recorded = json.loads((tmp_path / "timed.json").read_text())
+    assert list(recorded) == ["a", "b"] and recorded["b"]["command"] == ["true", "again"]
+    entry = recorded["a"]
+    assert entry["command"] == command and entry["setup"] == setup
+    assert [(r["returncode"], r["failed"]) for r in entry["runs"]] == [(0, False), (0, False)]
+    assert entry["median"] == (entry["runs"][0]["seconds"] + entry["runs"][1]["seconds"]) / 2
+    found = provenance.read(entry)
+    assert found is not None and found.date == date.today().isoformat()
+    assert shlex.split(found.command)[-4:] == ["--", *command]
+
+
+def test_a_failed_run_is_recorded_as_failed_and_the_command_exits_1(tmp_path: Path) -> None:
+    fail = ["python", "-c", "import sys; sys.exit(3)"]
+    with pytest.raises(PipelineError, match=r"1 of 1 runs of python failed \(exit 3\)"):
+        bench.main.__wrapped__(timed_argv(tmp_path, "bad", "--repeats", "1", "--", *fail))
+    entry = json.loads((tmp_path / "timed.json").read_text())["bad"]
+    assert entry["runs"][0]["returncode"] == 3 and entry["runs"][0]["failed"] is True
+    assert entry["median"] is None
+    with pytest.raises(PipelineError, match="no such command"):
+        bench.main.__wrapped__(timed_argv(tmp_path, "x", "--", "no-such-command-here"))
+    with pytest.raises(PipelineError, match="--setup 'exit 4' failed"):
+        bench.main.__wrapped__(timed_argv(tmp_path, "x", "--setup", "exit 4", "--", "true"))
+    assert list(json.loads((tmp_path / "timed.json").read_text())) == ["bad"]
+
+
+SWEEP_WRITER = """
+import sys, pathlib
+out = pathlib.Path(sys.argv[1]); out.mkdir(exist_ok=True)
+best = "study: s\\ntrial: 2\\nobjective: val/accuracy\\nvalue: 0.98\\n"
+(out / "best_params.yaml").write_text(best)
+(out / "trials.csv").write_text(
+    "number,state,value,duration\\n0,COMPLETE,0.97,1\\n1,PRUNED,0.99,1\\n2,COMPLETE,0.98,1\\n"
+    "3,RUNNING,,1\\n"
+)
+"""
+
+
+def test_a_timed_sweep_records_the_best_complete_trial_it_wrote(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    writer = ["python", "-c", SWEEP_WRITER, str(sweep)]
+    argv = timed_argv(tmp_path, "sweep", "--repeats", "1", "--sweep-results", str(sweep))
+    bench.main.__wrapped__([*argv, "--", *writer])
+    run = json.loads((tmp_path / "timed.json").read_text())["sweep"]["runs"][0]
+    assert run["sweep"] == {"best_val_accuracy": 0.98, "trial": 2, "complete": 2}
+    for path in sweep.iterdir():  # a minute old, as a former sweep's files would be
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    with pytest.raises(PipelineError, match=r"best_params\.yaml: not written by this run"):
+        bench.main.__wrapped__([*argv, "--", "true"])  # a sweep that wrote nothing new
+    several = (sweep / "best_params.yaml").read_text().replace("objective: val/accuracy", "")
+    (sweep / "best_params.yaml").write_text(
+        several + "objectives: {val/accuracy: maximize, model.n_params: minimize}\n"
+    )
+    (sweep / "trials.csv").write_text(
+        "number,state,val/accuracy,model.n_params,pareto\n0,COMPLETE,0.95,10,True\n"
+        "1,COMPLETE,0.985,90,True\n"
+    )
+    assert timed.sweep_best(sweep, since=0.0) == timed.SweepBest(0.985, 1, 2)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from digits.tools import benchpage, provenance
+from digits.tools.benchsections import NAMED
 
 from helpers import ROOT
 
@@ -21,7 +22,9 @@ def test_the_committed_page_is_what_the_results_give() -> None:
 
 def test_every_committed_result_carries_its_command_machine_and_day() -> None:
     for path in sorted((ROOT / "reports" / "bench").glob("*.json")):
-        assert provenance.read(json.loads(path.read_text())), path.name
+        result = json.loads(path.read_text())
+        for name, entry in result.items() if path.name in NAMED else [("", result)]:
+            assert provenance.read(entry), f"{path.name} {name}"
     for name, result in json.loads((ROOT / "reports" / "ladder.json").read_text()).items():
         assert provenance.read(result), name
 
@@ -67,3 +70,88 @@ def test_a_stale_page_fails_the_check_until_it_is_rewritten(
     benchpage.main(["--write", "--root", str(root)])
     benchpage.main(["--check", "--root", str(root)])
     assert (root / benchpage.PAGE).read_text() == (ROOT / benchpage.PAGE).read_text()
+
+
+ORIGIN = {"machine": "x86_64, 2 CPU cores", "date": "2026-12-05", "commit": "abc1234"}
+
+
+def timed_entry(seconds: list[float], codes: list[int], best: list[float] | None = None) -> dict:
+    runs = [
+        {"seconds": s, "returncode": c, "failed": c != 0}
+        | ({"sweep": {"best_val_accuracy": best[i], "trial": 3, "complete": 9}} if best else {})
+        for i, (s, c) in enumerate(zip(seconds, codes, strict=True))
+    ]
+    return {"command": ["make", "sweep"], "setup": "rm -rf optuna.db", "runs": runs}
+
+
+def test_timed_commands_get_a_row_each_and_a_stale_page_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = project(tmp_path)
+    again = "python -m digits.tools.bench timed --name sweep -- make sweep"
+    timed = {
+        "sweep": timed_entry([300.0, 320.0, 310.0], [0, 0, 0], [0.9866, 0.9871, 0.9860])
+        | {"provenance": {"command": again, **ORIGIN}},
+        "repro": timed_entry([2.0, 9.0, 4.0], [0, 2, 0]) | {"provenance": ORIGIN},
+        "setup": timed_entry([60.0], [1]) | {"provenance": {"command": "x", **ORIGIN}},
+    }
+    (root / "reports" / "bench" / "timed.json").write_text(json.dumps(timed))
+    with pytest.raises(SystemExit):
+        benchpage.main(["--check", "--root", str(root)])
+    assert "is not what the results give" in capsys.readouterr().err
+
+    benchpage.main(["--write", "--root", str(root)])
+    page = (root / benchpage.PAGE).read_text()
+    benchpage.main(["--check", "--root", str(root)])
+    section = page.split("## Timed commands")[1].split("\n## ")[0]
+    assert "| median wall | min-max | best validation | machine | date |" in section
+    assert (
+        "| sweep | `make sweep`, each run after `rm -rf optuna.db` | 3 | 310.0 s | 300.0-320.0 s "
+        "| 98.66%, 98.71%, 98.60% | x86_64, 2 CPU cores | 2026-12-05 (abc1234) |"
+    ) in section
+    assert (
+        "| setup | `make sweep`, each run after `rm -rf optuna.db` "
+        "| 1 (1 failed: exit 1) | - | - | - |" in section
+    )
+    assert "| repro |" not in section and f"# sweep\n{again}\n" in section
+    assert "- reports/bench/timed.json: repro\n" in page.split("## Not on this page")[1]
+
+
+def shuffle_runs(val: list[float], test: list[float], seconds: list[float]) -> list[dict]:
+    return [
+        {"seed": 42 + i, "val": v, "test": t, "seconds": s}
+        for i, (v, t, s) in enumerate(zip(val, test, seconds, strict=True))
+    ]
+
+
+def test_each_shuffle_comparison_gets_both_orders_seed_by_seed(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    entry = {
+        "set": {"model.type": "mlp"},
+        "runs": {
+            "keras_order": shuffle_runs([0.981, 0.979, 0.980], [0.978, 0.98, 0.977], [30, 32, 31]),
+            "fresh_order": shuffle_runs([0.983, 0.984, 0.982], [0.981, 0.98, 0.982], [33, 35, 34]),
+        },
+    }
+    again = "python bench/per_epoch_shuffle.py --name mlp --set model.type=mlp"
+    shuffle = {
+        "mlp": entry | {"provenance": {"command": again, **ORIGIN}},
+        "cnn": entry | {"provenance": {"command": again}},
+    }
+    (root / "reports" / "bench" / "shuffle.json").write_text(json.dumps(shuffle))
+    page = benchpage.render(root)
+    section = page.split("## Per-epoch shuffle")[1].split("## Not on this page")[0]
+    assert "### mlp\n\nSettings: `model.type=mlp`; seeds 42, 43, 44." in section
+    assert (
+        "| Keras's shuffle: one order, repeated every epoch | 98.10%, 97.90%, 98.00% "
+        "| 97.80%, 98.00%, 97.70% | 98.00% | 97.80% | 31.0 s |"
+    ) in section
+    assert (
+        "| a fresh order each epoch | 98.30%, 98.40%, 98.20% | 98.10%, 98.00%, 98.20% " in section
+    )
+    assert (
+        f"Command: `{again}`  \n"
+        "Machine: x86_64, 2 CPU cores. Measured: 2026-12-05 at commit abc1234." in section
+    )
+    assert "### cnn" not in section
+    assert "- reports/bench/shuffle.json: cnn\n" in page.split("## Not on this page")[1]

@@ -3,9 +3,10 @@
     python -m digits.tools.benchpage --write    # rewrite docs/benchmarks.md
     python -m digits.tools.benchpage --check    # exit 1 when the committed page is stale
 
-One table per benchmark, from reports/ladder.json and reports/bench/{speed,overhead,sweep}.json,
-each with the command that measures it again, the machine and the day (`tools.provenance`). A
-result without all three is left off the page and named at its end.
+One table per benchmark, from reports/ladder.json and reports/bench/{speed,overhead,sweep}.json
+(and reports/bench/{timed,shuffle}.json, by name: `benchsections`), each with the command that
+measures it again, the machine and the day (`tools.provenance`). A result without all three is
+left off the page and named at its end.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import shlex
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +24,16 @@ from digits.lib.config import load_params
 from digits.lib.files import write_text
 from digits.tools import ladder, provenance
 from digits.tools.bench.sweep_efficiency import TARGET, VARIANTS, VariantResult, efficiency_ratio
+from digits.tools.benchsections import Section, named_sections, origin
 from digits.tools.provenance import Provenance
 
 PAGE = Path("docs/benchmarks.md")
 DIARY = "07e2d4a"  # the last commit whose BENCHMARKS.md held the measurements written as prose
 
 
-@dataclass
-class Section:
-    """A benchmark's part of the page, and the results it had to leave out."""
-
-    text: str
-    left_out: list[str] = field(default_factory=list)
-
-
 def read_json(path: Path) -> dict[str, Any] | None:
     """A results file, or None when it does not exist."""
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def origin(found: Provenance) -> str:
-    """Where a table's figures come from, as the lines under it."""
-    commit = f" at commit {found.commit}" if found.commit else ""
-    recovered = f" ({found.source})" if found.source else ""
-    return (
-        f"Command: `{found.command}`  \n"
-        f"Machine: {found.machine}. Measured: {found.date}{commit}{recovered}."
-    )
 
 
 def ladder_section(root: Path) -> Section:
@@ -197,6 +180,7 @@ def render(root: Path) -> str:
             sections.append(Section("", [f"reports/bench/{name}.json"]))
         elif result and found:
             sections.append(section(result, found))
+    sections += named_sections(root)
     left_out = [name for s in sections for name in s.left_out]
     missing = "".join(f"- {name}\n" for name in left_out) or "- none\n"
     body = "\n".join(s.text for s in sections if s.text)

@@ -1,4 +1,5 @@
-"""`python -m digits.tools.bench overhead|sweep|speed`: parse, measure, write the results."""
+"""`python -m digits.tools.bench overhead|sweep|speed|timed`: parse, measure, write the
+results."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from digits import PipelineError
 from digits.lib.cli import stage_main
 from digits.lib.config import load_params
 from digits.lib.config.sweep import SweepParams
 from digits.lib.files import write_text
 from digits.tools import provenance
+from digits.tools.bench.entries import merge_entry
 from digits.tools.bench.overhead import measure_overhead, overhead_markdown
 from digits.tools.bench.speed import measure_speed, speed_markdown
 from digits.tools.bench.sweep_efficiency import compare_sweeps, sweep_markdown
+from digits.tools.bench.timed import measure_timed
+from digits.tools.bench.timing import spread
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """The three benchmarks and their options."""
+    """The four benchmarks and their options."""
     parser = argparse.ArgumentParser(
         prog="python -m digits.tools.bench",
         description="`make bench`: what the pipeline costs over plain Keras, and what pruning "
@@ -47,7 +52,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     fast.add_argument(
         "--only", nargs="+", default=["99."], help="rungs whose name contains any of these"
     )
+    add_timed(commands)
     return parser.parse_args(argv)
+
+
+def add_timed(commands: argparse._SubParsersAction) -> None:
+    """`timed`: any command's wall time, merged by name into timed.json."""
+    timed = commands.add_parser("timed", help="time a command (after -- ), merged by --name")
+    timed.add_argument("--name", required=True, help="the entry's name in timed.json")
+    timed.add_argument("--repeats", type=int, default=3, help="runs of the command")
+    timed.add_argument("--setup", help="bash line run before each run, not timed")
+    timed.add_argument(
+        "--sweep-results", type=Path, help="the sweep's output folder: record its best val accuracy"
+    )
+    timed.add_argument(
+        "argv", nargs="+", metavar="COMMAND", help="the command, run without a shell"
+    )
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -71,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point (`make bench`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.command == "timed":
+        record_timed(args, argv)
+        return
     result, text = run(args)
     # the command, machine and day go with the figures, for docs/benchmarks.md
     origin = provenance.now(["python", "-m", "digits.tools.bench", *argv])
@@ -78,3 +101,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_text(args.out / f"{args.command}.json", json.dumps(record, indent=2))
     write_text(args.out / f"{args.command}.md", text)
     print(text)
+
+
+def record_timed(args: argparse.Namespace, argv: list[str]) -> None:
+    """Time the command and merge its entry into timed.json; exit 1 when any run failed."""
+    timed = measure_timed(args.argv, args.repeats, args.setup, args.sweep_results)
+    origin = provenance.now(["python", "-m", "digits.tools.bench", *argv])
+    path = args.out / "timed.json"
+    merge_entry(path, args.name, {**timed.as_json(), "provenance": origin.as_json()})
+    if timed.seconds:
+        print(f"{args.name}: {spread(timed.seconds)}")
+    if failed := [str(r.returncode) for r in timed.runs if r.failed]:
+        raise PipelineError(
+            f"{len(failed)} of {len(timed.runs)} runs of {args.argv[0]} failed (exit "
+            f"{', '.join(failed)}): recorded as failed under {args.name!r} in {path}"
+        )
