@@ -57,8 +57,8 @@ def run(
     steps = steps_per_epoch(len(train), cfg.batch_size)
     model = compile_model(build_model(params.model, image_shape(train.x.shape[1])), cfg, steps)
     if fresh:
-        data = {"x": epoch_batches(train.x, train.y, cfg.batch_size, seed, 0, cfg.epochs)}
-        data |= {"steps_per_epoch": steps, "validation_batch_size": cfg.batch_size}
+        batches, order = epoch_batches(train.x, train.y, cfg.batch_size, seed)
+        data = {"x": batches, "callbacks": [order], "validation_batch_size": cfg.batch_size}
     else:
         data = {"x": train.x, "y": train.y, "batch_size": cfg.batch_size, "shuffle": True}
     started = time.perf_counter()
