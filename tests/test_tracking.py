@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -227,3 +228,28 @@ def test_a_run_whose_host_vanished_is_ended_failed_by_the_next_setup(store, tmp_
         victim.kill()
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"model.type": "mlp", "model.mlp.width": 16, "model.mlp.depth": 1},
+        {"model.type": "cnn", "model.cnn.filters": [4], "model.dtype_policy": "mixed_bfloat16"},
+    ],
+)
+def test_model_signature_is_the_one_inferred_from_predictions(settings):
+    """The signature read from the model's declared output (no `predict`) is the one MLflow
+    infers from its predictions, in float32 and in bfloat16 compute."""
+    pytest.importorskip("keras")
+    from mlflow.models import infer_signature
+
+    from digits.lib.config import parse_params, set_dotted
+    from digits.lib.models import build_model
+    from digits.lib.tracking.logged_model import model_signature
+
+    raw = real_params()
+    for key, value in settings.items():
+        set_dotted(raw, key, value)
+    model = build_model(parse_params(raw).model)
+    x = np.random.default_rng(0).random((5, 784), dtype=np.float32)
+    assert model_signature(model, x) == infer_signature(x, model.predict(x, verbose=0))

@@ -16,9 +16,12 @@ from digits.lib.files import atomic_path
 
 
 def save(fig: Figure, path: Path) -> None:
-    """Write a PNG atomically and release the figure."""
+    """Write a PNG atomically and release the figure. A figure laid out by its layout engine
+    (`layout="tight"`) is drawn once; cropping to `bbox_inches="tight"` would lay it out and
+    measure every text a second time."""
+    bbox = None if fig.get_layout_engine() is not None else "tight"
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches=bbox)
     close(fig)
 
 
@@ -32,7 +35,7 @@ def close(fig: Figure) -> None:
 
 def learning_curves(history: pd.DataFrame) -> Figure:
     """Loss and accuracy per epoch, train against validation."""
-    fig = Figure(figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8), layout="tight")
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
@@ -42,7 +45,6 @@ def learning_curves(history: pd.DataFrame) -> Figure:
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     return fig
 
 
@@ -69,8 +71,9 @@ def digit_gallery(
 ) -> Figure:
     """A grid of digits captioned `true -> predicted (confidence)`."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig = Figure(figsize=(columns * 1.3, rows * 1.5))
-    axes = fig.subplots(rows, columns, squeeze=False)
+    fig = Figure(figsize=(columns * 1.3, rows * 1.5), layout="tight")
+    # no ticks: hidden, but laying out still measures every one of them
+    axes = fig.subplots(rows, columns, squeeze=False, subplot_kw={"xticks": [], "yticks": []})
     side = round(images.shape[1] ** 0.5) if images.ndim == 2 else images.shape[1]
     for ax in axes.flat:
         ax.axis("off")
@@ -78,7 +81,6 @@ def digit_gallery(
         ax.imshow(img.reshape(side, side), cmap="gray_r")
         ax.set_title(f"{t} -> {p} ({c:.0%})", fontsize=8, color="black" if t == p else "crimson")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -100,7 +102,7 @@ def weight_images(kernel: np.ndarray) -> Figure:
 def reliability_diagram(bins: pd.DataFrame, ece: float) -> Figure:
     """Accuracy against confidence per confidence bin (the diagonal is perfect calibration),
     with how many test images each bin holds."""
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="tight")
     left, right = fig.subplots(1, 2)
     width = bins["upper"] - bins["lower"]
     filled = bins[bins["count"] > 0]
@@ -120,7 +122,6 @@ def reliability_diagram(bins: pd.DataFrame, ece: float) -> Figure:
     left.grid(alpha=0.3)
     right.bar(bins["lower"], bins["count"], width=width, align="edge", edgecolor="black")
     right.set(xlabel="confidence", ylabel="test images", yscale="log", title="Images per bin")
-    fig.tight_layout()
     return fig
 
 
@@ -155,8 +156,9 @@ def fixed_and_broke(
     """Test digits on which the two models disagree about being right, captioned
     `true: champion / challenger`; green the challenger fixed, red it broke."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig = Figure(figsize=(columns * 1.3, rows * 1.5 + 0.4))
-    axes = fig.subplots(rows, columns, squeeze=False)
+    fig = Figure(figsize=(columns * 1.3, rows * 1.5 + 0.4), layout="tight")
+    # no ticks: hidden, but laying out still measures every one of them
+    axes = fig.subplots(rows, columns, squeeze=False, subplot_kw={"xticks": [], "yticks": []})
     side = round(images.shape[1] ** 0.5) if images.ndim == 2 else images.shape[1]
     for ax in axes.flat:
         ax.axis("off")
@@ -166,5 +168,4 @@ def fixed_and_broke(
         color = "forestgreen" if was_fixed else "crimson"
         ax.set_title(f"{t}: {before} / {after}", fontsize=8, color=color)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
