@@ -29,6 +29,8 @@ import numpy as np
 
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
+from digits.lib.secrets import redact_text
+from digits.lib.tracking.access import current_user, is_permission_denied
 from digits.lib.tracking.lease import LEASE_SECONDS, Lease, promotion_lock
 from digits.lib.tracking.promotion import (
     Challenger,
@@ -237,9 +239,23 @@ def register(
             registration = _registration(name, version, cfg, verdict, champion, apart)
             _tag_version(client, registration, challenger.may_promote)
     except MlflowException as err:
+        if is_permission_denied(err):  # a logger: the metrics are logged, the registry is not
+            return not_registered(cfg, uri), None
         raise RegistryError(f"model registry {uri}: {err.message}") from None
     before = champion.predictions if champion is not None and verdict.test else None
     return registration, None if before is None else before["predicted"]
+
+
+def not_registered(cfg: MLflowConfig, uri: str) -> Registration:
+    """The registration of a run whose user the server let log runs but not register models."""
+    user = current_user() or "(unknown user)"
+    reason = (
+        f"{user} may log runs but not register models on {redact_text(uri)}; ask an admin for "
+        f"`python -m digits.tools.server user role {user} --role registrar`"
+    )
+    return Registration(
+        cfg.registered_model, None, cfg.champion_alias, False, Decision.NOT_REGISTERED, reason
+    )
 
 
 def _accuracy(challenger: Challenger) -> float:
@@ -302,7 +318,7 @@ def run_tags(reg: Registration) -> dict[str, str]:
     """What the evaluated run records about its registration."""
     tags = {
         "registry.model": reg.name,
-        "registry.version": reg.version,
+        "registry.version": reg.version or "",
         "registry.champion": str(reg.champion),
         "registry.decision": str(reg.decision),
         "registry.reason": reg.reason,
@@ -314,6 +330,8 @@ def run_tags(reg: Registration) -> dict[str, str]:
 
 def registration_line(reg: Registration, accuracy: float) -> str:
     """What happened in the registry, in one sentence."""
+    if reg.decision is Decision.NOT_REGISTERED:
+        return f"not registered: {reg.reason}"
     head = f"registered {reg.name} version {reg.version} (test accuracy {accuracy:.4f})"
     uri = f"models:/{reg.name}@{reg.alias}"
     if reg.decision is Decision.ALREADY_REGISTERED:
