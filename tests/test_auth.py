@@ -221,7 +221,8 @@ def test_a_logger_trains_and_evaluates_and_is_told_why_nothing_was_registered(
     team: Team, mirror, processed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 25: a logger's train and evaluate log their run and metrics; evaluate writes
-    metrics.json, records `not_registered` and says in one line why, and exits 0."""
+    metrics.json, records `not_registered` and says in one line why, and exits 0. Made a
+    registrar, the user's evaluate registers into the team's (empty, admin-made) model."""
     _, hashes = mirror
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
     env = as_user_env(team, "logger4", add_user(team, "logger4", "logger"))
@@ -241,7 +242,7 @@ def test_a_logger_trains_and_evaluates_and_is_told_why_nothing_was_registered(
     assert said == [
         f"evaluate: not registered: logger4 may log runs but not register models on {team.url}; "
         "ask an admin for `python -m digits.tools.server user role logger4 --role registrar`"
-    ], out.stdout
+    ], out.stdout + out.stderr
     assert "error:" not in out.stderr and "Traceback" not in out.stderr
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     registry = json.loads((tmp_path / "reports/registry.json").read_text())
@@ -250,6 +251,16 @@ def test_a_logger_trains_and_evaluates_and_is_told_why_nothing_was_registered(
     run = as_user(monkeypatch, team.url, "admin", ADMIN_PASSWORD).get_run(run_id)
     assert run.data.metrics[TEST_ACCURACY] == pytest.approx(metrics[TEST_ACCURACY])
     assert run.data.tags["registry.decision"] == "not_registered"
+    # the line's remedy: as a registrar, the same evaluate registers the team's first champion
+    granted = tool(team, "admin", ADMIN_PASSWORD, "user", "role", "logger4", "--role", "registrar")
+    assert granted.returncode == 0, granted.stderr
+    out = subprocess.run(evaluate, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    registry = json.loads((tmp_path / "reports/registry.json").read_text())
+    assert (registry["name"], registry["version"], registry["decision"]) == (
+        "mnist-digits", "1", "first",
+    ), registry  # fmt: skip
 
 
 def test_no_password_on_a_command_line_in_a_log_a_file_or_the_store(team: Team) -> None:

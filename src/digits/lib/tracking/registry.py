@@ -126,6 +126,10 @@ def home(client: mlflow.MlflowClient, base: str, key: Mapping[str, str]) -> tupl
                 tags = client.get_registered_model(name).tags
             else:
                 return name, reason
+        if TEST_DIGEST_TAG not in tags and not client.search_model_versions(f"name = '{name}'"):
+            for tag, value in key.items():  # made empty (by a server's admin): adopt it
+                client.set_registered_model_tag(name, tag, value)
+            return name, reason
         theirs = {SHIFTS_TAG: "0", **tags}  # registered before shifts counted: one view
         if all(theirs.get(k) == v for k, v in key.items()):
             return name, reason
@@ -198,6 +202,23 @@ def _already(
     return Registration(name, number, alias, crowned, Decision.ALREADY_REGISTERED, reason)
 
 
+def check_may_register(client: mlflow.MlflowClient, uri: str, name: str) -> None:
+    """On a tracking server, raise its 403 unless this user may edit registered model `name`:
+    MLflow's auth app lets any user create a registered model (and manage it), so only an edit
+    of the team's own (a no-op: its description set to itself) shows the grant."""
+    from mlflow.exceptions import MlflowException
+
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        description = client.get_registered_model(name).description
+    except MlflowException as err:
+        if not _missing(err):
+            raise
+        return
+    client.update_registered_model(name, description or "")
+
+
 def register(
     challenger: Challenger,
     cfg: MLflowConfig,
@@ -219,6 +240,7 @@ def register(
         raise RegistryError(f"model registry: {err}") from None
     client = MlflowClient()
     try:
+        check_may_register(client, uri, cfg.registered_model)
         with promotion_lock(client, cfg.registered_model, lock_timeout, lease_seconds) as lease:
             if (again := _already(client, challenger, cfg.champion_alias, lease)) is not None:
                 return again, None
