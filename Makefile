@@ -45,11 +45,12 @@ lock: | $(BIN)/.uv-$(UV_VERSION) ## Re-pin requirements.lock from pyproject.toml
 repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluate -> report
 	dvc repro
 
-push: setup ## Upload data and models to the DVC remote (default: ../digits-dvc-storage)
-	dvc push
+# dvc push/pull through digits.tools.remote: an SSH remote's host key is checked (known_hosts)
+push: setup ## Upload data and models to the DVC remote (default: ../digits-dvc-storage; SSH: host key checked)
+	python -m digits.tools.remote push
 
-pull: setup ## Fetch data and models from the DVC remote into the workspace
-	dvc pull
+pull: setup ## Fetch data and models from the DVC remote into the workspace (SSH: host key checked)
+	python -m digits.tools.remote pull
 
 test: setup ## Run the test suite on every core (synthetic data, no network; under 3 min on 2 cores)
 	pytest -n auto --dist loadgroup --durations=15
