@@ -27,6 +27,8 @@ from digits.tools.sweep.study import (
     FINISHED,
     count_trials,
     open_study,
+    session_limits,
+    single_host,
     storage_url,
 )
 
@@ -795,3 +797,26 @@ def test_named_space_replaces_the_study_fixed_settings_and_space() -> None:
     raw["sweep"]["spaces"]["cnn"]["space"]["model.cnn.padding"] = {"choices": ["full"]}
     with pytest.raises(Exception, match=r"sweep\.spaces\.cnn\.space\.model\.cnn\.padding"):
         checks.check_sweep(parse_params(raw, schema=SweepParams))
+
+
+def test_the_storage_url_is_parsed_once_into_its_kind_and_redacted_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: `storage_url` hands down a StorageUrl; its kind, not the text, chooses the
+    journal or PostgreSQL's session limits, and only its redacted form is shown."""
+    from types import SimpleNamespace
+    from urllib.parse import quote
+
+    from digits.lib.urls import StorageKind
+
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    journal = storage_url(SimpleNamespace(storage=None), tmp_path)
+    assert journal.is_path and single_host(journal) and session_limits(journal, 30) == {}
+    assert journal.secret == journal.redacted == str((tmp_path / DEFAULT_JOURNAL).resolve())
+    password = "pw-Kea/#?@"
+    typed = f"postgresql+psycopg2://sweeper:{quote(password, safe='')}@db:5432/optuna"
+    monkeypatch.setenv("OPTUNA_STORAGE", typed)
+    pg = storage_url(SimpleNamespace(storage="ignored.log"), tmp_path)
+    assert (pg.kind, pg.secret, single_host(pg)) == (StorageKind.POSTGRESQL, typed, False)
+    assert pg.redacted == "postgresql+psycopg2://sweeper:***@db:5432/optuna"
+    assert "idle_in_transaction" in session_limits(pg, 30)["connect_args"]["options"]
