@@ -49,7 +49,7 @@ def test_optuna_storage_takes_every_spelling(database: str, scheme: str) -> None
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     # the same rows read back through another driver: one storage, whatever the spelling
     other = spelled(database, SPELLINGS[(SPELLINGS.index(scheme) + 1) % 3])
-    again = optuna.load_study(study_name="s", storage=open_storage(other, 30))
+    again = optuna.load_study(study_name="s", storage=open_storage(StorageUrl.parse(other), 30))
     assert len(again.trials) == 2
 
 

@@ -21,6 +21,7 @@ from digits.lib.config import flatten, parse_params
 from digits.lib.config.edit import edit_params
 from digits.lib.config.sweep import SweepParams
 from digits.lib.process import ProcessName
+from digits.lib.urls import StorageUrl
 from digits.tools.sweep import checks
 from digits.tools.sweep.study import (
     DEFAULT_JOURNAL,
@@ -414,7 +415,7 @@ def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str
 
     edit_params(project / "params.yaml", {"sweep.heartbeat": 1})
     params = load_params(project / "params.yaml", SweepParams)
-    study = open_study(params, pg_storage, "hb", 0)
+    study = open_study(params, StorageUrl.parse(pg_storage), "hb", 0)
 
     def dies(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", "elsewhere:1")
@@ -780,7 +781,10 @@ def test_workers_threads_cap_tensorflow_thread_pools() -> None:
     probe = "import os; print(os.environ['TF_NUM_INTRAOP_THREADS'], flush=True)"
     exits: list[int] = []
     codes = run_workers(
-        [[sys.executable, "-c", probe]], "x", lambda w, c: exits.append(c), threads=1
+        [[sys.executable, "-c", probe]],
+        StorageUrl.parse("x"),
+        lambda w, c: exits.append(c),
+        threads=1,
     )
     assert list(codes.values()) == [0] and exits == [0]
     assert thread_env(1) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
