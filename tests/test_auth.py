@@ -261,6 +261,35 @@ def test_a_logger_trains_and_evaluates_and_is_told_why_nothing_was_registered(
     assert (registry["name"], registry["version"], registry["decision"]) == (
         "mnist-digits", "1", "first",
     ), registry  # fmt: skip
+    # and a reader predicts with that champion (`make predict MODEL=models:/...@champion`)
+    import numpy as np
+    from PIL import Image
+
+    with np.load(processed / "test.npz") as test:
+        digit = (np.asarray(test["x"][0]).reshape(28, 28) * 255).astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    reader = as_user_env(team, "reader4", add_user(team, "reader4", "reader"))
+    predict = [str(BIN / "python"), "-m", "digits.tools.predict", "digit.png"]
+    predict += ["--model", "models:/mnist-digits@champion"]
+    out = subprocess.run(predict, cwd=tmp_path, env=reader, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("digit.png") and len(out.stdout.splitlines()) == 1, out.stdout
+
+
+def test_a_logger_runs_a_sweep(team: Team, mirror, processed: Path, tmp_path: Path) -> None:
+    """`make sweep` as a logger: its parent and trial runs go to the server; no error."""
+    _, hashes = mirror
+    raw = shrink(real_params(), hashes, ["x"])
+    raw["sweep"].update(n_trials=1, workers=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = as_user_env(team, "logger5", add_user(team, "logger5", "logger"))
+    sweep = [str(BIN / "python"), "-m", "digits.tools.sweep", "--params", "params.yaml", "run"]
+    sweep += ["--data", str(processed), "--out", "reports/sweep", "--n-trials", "1"]
+    out = subprocess.run(sweep, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "error:" not in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_no_password_on_a_command_line_in_a_log_a_file_or_the_store(team: Team) -> None:
