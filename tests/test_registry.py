@@ -135,6 +135,16 @@ def test_first_version_is_champion_and_only_a_significant_win_moves_the_alias(st
     assert "McNemar" in tags["registry.reason"] and "significance / k" in tags["registry.reason"]
 
 
+def test_an_empty_registered_model_made_beforehand_is_adopted(store) -> None:
+    """A team server's admin makes `mnist-digits` empty (`server user add`): the first
+    evaluated model joins it and tags it, rather than going to `mnist-digits-<digest>`."""
+    store.create_registered_model(CFG.registered_model)
+    first = register(predictions(100))
+    assert (first.name, first.version, first.decision) == (CFG.registered_model, "1", "first")
+    tags = store.get_registered_model(CFG.registered_model).tags
+    assert tags[registry.TEST_DIGEST_TAG] == "d" * 64
+
+
 def test_each_challenger_of_a_champion_shares_the_test_level(store) -> None:
     """Bonferroni: the k-th challenger of the same champion must reach p < 0.05 / k; the count
     starts again at a new champion. A win at p = 0.031 promotes a first challenger only."""
