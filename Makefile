@@ -45,11 +45,12 @@ lock: | $(BIN)/.uv-$(UV_VERSION) ## Re-pin requirements.lock from pyproject.toml
 repro: setup ## Run the DVC pipeline: download -> preprocess -> train -> evaluate -> report
 	dvc repro
 
-push: setup ## Upload data and models to the DVC remote (default: ../digits-dvc-storage)
-	dvc push
+# dvc push/pull through digits.tools.remote: an SSH remote's host key is checked (known_hosts)
+push: setup ## Upload data and models to the DVC remote (default: ../digits-dvc-storage; SSH: host key checked)
+	python -m digits.tools.remote push
 
-pull: setup ## Fetch data and models from the DVC remote into the workspace
-	dvc pull
+pull: setup ## Fetch data and models from the DVC remote into the workspace (SSH: host key checked)
+	python -m digits.tools.remote pull
 
 test: setup ## Run the test suite on every core (synthetic data, no network; under 3 min on 2 cores)
 	pytest -n auto --dist loadgroup --durations=15
@@ -82,11 +83,18 @@ format: setup ## Apply ruff's fixes and formatting
 docs-config: setup ## Regenerate docs/configuration.md from the schema's field descriptions
 	python -m digits.tools.configdoc --write
 
-ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT))
-	@python -c 'from pathlib import Path; from digits.lib.config import load_params; \
-	  from digits.lib.environment import Environment; from digits.lib.tracking.store import ui_address; \
-	  print("open", ui_address(load_params().mlflow, Path.cwd(), Environment.read(), "http://127.0.0.1:$(PORT)"))'
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
+# with MLFLOW_TRACKING_URI on a server, its own UI: the address, without credentials, and no local UI
+ui: setup ## Open the MLflow UI on the project's store (http://127.0.0.1:$(PORT)); a tracking server's: its address
+	@if [[ "$$MLFLOW_TRACKING_URI" =~ ^https?:// ]]; then \
+	  python -c 'import os, urllib.parse as u; p = u.urlsplit(os.environ["MLFLOW_TRACKING_URI"]); \
+	    port, path = (f":{p.port}" if p.port else ""), p.path.rstrip("/"); \
+	    print(f"the runs are on the tracking server in MLFLOW_TRACKING_URI: open {p.scheme}://{p.hostname}{port}{path}/ (no local UI started)")'; \
+	else \
+	  python -c 'from pathlib import Path; from digits.lib.config import load_params; \
+	    from digits.lib.environment import Environment; from digits.lib.tracking.store import ui_address; \
+	    print("open", ui_address(load_params().mlflow, Path.cwd(), Environment.read(), "http://127.0.0.1:$(PORT)"))' && \
+	  mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT); \
+	fi
 
 # The server's database URLs and admin password reach it through the environment (export
 # SERVER_DB, MLFLOW_AUTH_ADMIN_PASSWORD), never a command line; users: digits.tools.server user add

@@ -5,6 +5,7 @@ planted passwords never on a command line, in an output, a log, a file or the ML
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from digits.lib.tracking.access import denied_message, is_permission_denied, is_unauthenticated
+from digits.lib.vocab import TEST_ACCURACY
 from digits.tools.server import serving
 
 from helpers import free_port, real_params, shrink, stage_env
@@ -205,6 +207,89 @@ def test_a_stage_refused_by_the_server_says_so_in_one_error_line(
         errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and expected in errors[0], out.stderr
         assert "Traceback" not in out.stderr and password not in out.stderr
+
+
+def as_user_env(team: Team, user: str, password: str) -> dict[str, str]:
+    """A stage's environment as `user` on the team's server (MLflow's variables)."""
+    return stage_env(
+        MLFLOW_TRACKING_URI=team.url, MLFLOW_TRACKING_USERNAME=user,
+        MLFLOW_TRACKING_PASSWORD=password, HOME=str(team.folder),
+    )  # fmt: skip
+
+
+def test_a_logger_trains_and_evaluates_and_is_told_why_nothing_was_registered(
+    team: Team, mirror, processed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: a logger's train and evaluate log their run and metrics; evaluate writes
+    metrics.json, records `not_registered` and says in one line why, and exits 0. Made a
+    registrar, the user's evaluate registers the first champion; a reader predicts with it."""
+    _, hashes = mirror
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shrink(real_params(), hashes, ["x"])))
+    env = as_user_env(team, "logger4", add_user(team, "logger4", "logger"))
+    train = [str(BIN / "python"), "-m", "digits.stages.train", "--data", str(processed)]
+    train += ["--model", "models/model.keras", "--run-info", "models/run.json"]
+    train += ["--metrics", "reports/train_metrics.json", "--history", "reports/history.csv"]
+    evaluate = [str(BIN / "python"), "-m", "digits.stages.evaluate", "--data", str(processed)]
+    evaluate += ["--model", "models/model.keras", "--run-info", "models/run.json"]
+    evaluate += ["--history", "reports/history.csv", "--metrics", "reports/metrics.json"]
+    evaluate += ["--confusion", "reports/confusion.csv", "--per-class", "reports/per_class.csv"]
+    evaluate += ["--figures", "figures", "--registry", "reports/registry.json"]
+    for command in (train, evaluate):
+        out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    said = [line for line in out.stdout.splitlines() if "not registered" in line]
+    assert said == [
+        f"evaluate: not registered: logger4 may log runs but not register models on {team.url}; "
+        "ask an admin for `python -m digits.tools.server user role logger4 --role registrar`"
+    ], out.stdout + out.stderr
+    assert "error:" not in out.stderr and "Traceback" not in out.stderr
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    registry = json.loads((tmp_path / "reports/registry.json").read_text())
+    assert registry["decision"] == "not_registered" and registry["version"] is None
+    run_id = json.loads((tmp_path / "models/run.json").read_text())["run_id"]
+    run = as_user(monkeypatch, team.url, "admin", ADMIN_PASSWORD).get_run(run_id)
+    assert run.data.metrics[TEST_ACCURACY] == pytest.approx(metrics[TEST_ACCURACY])
+    assert run.data.tags["registry.decision"] == "not_registered"
+    # the line's remedy: as a registrar, the same evaluate registers the first champion
+    granted = tool(team, "admin", ADMIN_PASSWORD, "user", "role", "logger4", "--role", "registrar")
+    assert granted.returncode == 0, granted.stderr
+    out = subprocess.run(evaluate, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    registry = json.loads((tmp_path / "reports/registry.json").read_text())
+    # the team's model, or (when earlier tests left versions without test data in it) its kin
+    assert registry["name"].startswith("mnist-digits"), registry
+    assert (registry["version"], registry["decision"]) == ("1", "first"), registry
+    # and a reader predicts with that champion (`make predict MODEL=models:/...@champion`)
+    import numpy as np
+    from PIL import Image
+
+    with np.load(processed / "test.npz") as test:
+        digit = (np.asarray(test["x"][0]).reshape(28, 28) * 255).astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    reader = as_user_env(team, "reader4", add_user(team, "reader4", "reader"))
+    predict = [str(BIN / "python"), "-m", "digits.tools.predict", "digit.png"]
+    predict += ["--model", f"models:/{registry['name']}@champion"]
+    out = subprocess.run(predict, cwd=tmp_path, env=reader, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("digit.png") and len(out.stdout.splitlines()) == 1, out.stdout
+
+
+def test_a_logger_runs_a_sweep(team: Team, mirror, processed: Path, tmp_path: Path) -> None:
+    """`make sweep` as a logger: its parent and trial runs go to the server; no error."""
+    _, hashes = mirror
+    raw = shrink(real_params(), hashes, ["x"])
+    raw["sweep"].update(n_trials=1, workers=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = as_user_env(team, "logger5", add_user(team, "logger5", "logger"))
+    sweep = [str(BIN / "python"), "-m", "digits.tools.sweep", "--params", "params.yaml", "run"]
+    sweep += ["--data", str(processed), "--out", "reports/sweep", "--n-trials", "1"]
+    out = subprocess.run(sweep, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "error:" not in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_no_password_on_a_command_line_in_a_log_a_file_or_the_store(team: Team) -> None:

@@ -41,14 +41,15 @@ def database() -> Iterator[str]:
 def test_optuna_storage_takes_every_spelling(database: str, scheme: str) -> None:
     import optuna
 
+    from digits.lib.urls import StorageUrl
     from digits.tools.sweep.study import open_storage
 
     url = spelled(database, scheme)
-    study = optuna.create_study(study_name="s", storage=open_storage(url, 30))
+    study = optuna.create_study(study_name="s", storage=open_storage(StorageUrl.parse(url), 30))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     # the same rows read back through another driver: one storage, whatever the spelling
     other = spelled(database, SPELLINGS[(SPELLINGS.index(scheme) + 1) % 3])
-    again = optuna.load_study(study_name="s", storage=open_storage(other, 30))
+    again = optuna.load_study(study_name="s", storage=open_storage(StorageUrl.parse(other), 30))
     assert len(again.trials) == 2
 
 

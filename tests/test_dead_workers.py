@@ -63,9 +63,11 @@ def study(tmp_path: Path) -> Any:
     """A study in the project's default storage kind, Optuna's journal file."""
     import optuna
 
+    from digits.lib.urls import StorageUrl
     from digits.tools.sweep.study import open_storage
 
-    return optuna.create_study(storage=open_storage(str(tmp_path / "journal.log"), 30))
+    journal = StorageUrl.parse(str(tmp_path / "journal.log"))
+    return optuna.create_study(storage=open_storage(journal, 30))
 
 
 def running_trial(study: Any, worker: str, epochs: int) -> Any:

@@ -315,6 +315,7 @@ def load_trials(path: Path) -> int:
 def test_a_partial_last_record_is_dropped_with_a_backup_and_a_warning(
     tmp_path: Path, caplog
 ) -> None:
+    from digits.lib.urls import StorageUrl
     from digits.tools.sweep.study import repair_storage
 
     journal = tmp_path / "optuna-journal.log"
@@ -323,14 +324,14 @@ def test_a_partial_last_record_is_dropped_with_a_backup_and_a_warning(
     partial = b'{"op_code":5,"worker_id":"w","trial_id":'  # a short write: a full disk
     journal.write_bytes(intact + partial)
     with caplog.at_level(logging.WARNING):
-        repair_storage(str(journal))
+        repair_storage(StorageUrl.parse(str(journal)))
     (backup,) = tmp_path.glob("optuna-journal.log.bak-*")
     assert backup.read_bytes() == intact + partial
     assert journal.read_bytes() == intact
     assert f"{journal}: dropped 1 partial record(s) ({len(partial)} bytes)" in caplog.text
     assert str(backup) in caplog.text
     assert load_trials(journal) == 3
-    repair_storage(str(journal))  # intact now: nothing to do, no second backup
+    repair_storage(StorageUrl.parse(str(journal)))  # intact now: nothing to do, no second backup
     assert len(list(tmp_path.glob("optuna-journal.log.bak-*"))) == 1
 
 
@@ -360,10 +361,11 @@ def test_a_full_disk_under_the_journal_names_it(
     from optuna.storages.journal import JournalFileBackend
     from optuna.study import StudyDirection
 
+    from digits.lib.urls import StorageUrl
     from digits.tools.sweep.study import open_storage
 
     journal = tmp_path / "sweeps" / "optuna-journal.log"
-    storage = open_storage(str(journal), heartbeat=30)
+    storage = open_storage(StorageUrl.parse(str(journal)), heartbeat=30)
     monkeypatch.setattr(JournalFileBackend, "append_logs", enospc)
     with pytest.raises(DiskFullError, match=rf"writing {re.escape(str(journal))} {FREE}"):
         storage.create_new_study(directions=[StudyDirection.MINIMIZE], study_name="s")

@@ -404,6 +404,16 @@ def test_missing_model_says_how_to_get_one(tmp_path: Path, capsys) -> None:
     assert "make repro" in err and "--model" in err
 
 
+def test_a_hostile_model_name_is_escaped_in_the_error(tmp_path: Path, capsys) -> None:
+    """--model is shown like a file name: a newline or a terminal escape in it is not obeyed."""
+    Image.fromarray(glyph(1)).save(tmp_path / "one.png")
+    hostile = str(tmp_path / "evil\n\x1b[2Jerror: fake.keras")
+    assert run([str(tmp_path / "one.png"), "--model", hostile]) == 1
+    _, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1 and "\x1b" not in err, err
+    assert "evil\\n\\x1b[2Jerror: fake.keras: no such model file" in err
+
+
 @pytest.mark.parametrize("argv", [[], ["x.png", "--top", "0"], ["x.png", "--top", "11"]])
 def test_usage_errors_exit_2(argv: list[str], capsys) -> None:
     assert run(argv) == 2

@@ -135,6 +135,35 @@ def test_first_version_is_champion_and_only_a_significant_win_moves_the_alias(st
     assert "McNemar" in tags["registry.reason"] and "significance / k" in tags["registry.reason"]
 
 
+def test_an_empty_registered_model_made_beforehand_is_adopted(store) -> None:
+    """A team server's admin makes `mnist-digits` empty (`server user add`): the first
+    evaluated model joins it and tags it, rather than going to `mnist-digits-<digest>`."""
+    store.create_registered_model(CFG.registered_model)
+    first = register(predictions(100))
+    assert (first.name, first.version, first.decision) == (CFG.registered_model, "1", "first")
+    tags = store.get_registered_model(CFG.registered_model).tags
+    assert tags[registry.TEST_DIGEST_TAG] == "d" * 64
+
+
+def test_a_user_refused_the_registry_is_told_why_in_one_line(store, monkeypatch) -> None:
+    """A 403 while registering (a `logger` on a team server) is no failure: the registration
+    says not_registered, and its line names the user and the role to ask for."""
+    from mlflow.exceptions import RestException
+
+    def refuse(*args, **kwargs):
+        raise RestException({"error_code": "PERMISSION_DENIED", "message": "Permission denied"})
+
+    monkeypatch.setattr(mlflow, "register_model", refuse)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ann")
+    refused = register(predictions(100))
+    assert (refused.decision, refused.version, refused.champion) == (
+        Decision.NOT_REGISTERED, None, False,
+    )  # fmt: skip
+    line = registry.registration_line(refused, 1.0)
+    assert line.startswith("not registered: ann may log runs but not register models on ")
+    assert line.endswith("`python -m digits.tools.server user role ann --role registrar`")
+
+
 def test_each_challenger_of_a_champion_shares_the_test_level(store) -> None:
     """Bonferroni: the k-th challenger of the same champion must reach p < 0.05 / k; the count
     starts again at a new champion. A win at p = 0.031 promotes a first challenger only."""

@@ -341,7 +341,7 @@ def test_the_dashboard_gets_the_storage_in_process_and_prints_it_masked(
     monkeypatch.setenv("OPTUNA_STORAGE", f"postgresql+psycopg2://postgres:{PASSWORD}@h:1/x")
     monkeypatch.setattr(sweep_study, "open_storage", lambda url, heartbeat: url)
     dashboard.main(["--params", str(project / "params.yaml")])
-    assert served[-1][0].endswith(f":{PASSWORD}@h:1/x")  # the real URL, in-process
+    assert served[-1][0].secret.endswith(f":{PASSWORD}@h:1/x")  # the real URL, in-process
     assert capsys.readouterr().out.startswith(
         "optuna-dashboard on postgresql+psycopg2://postgres:***@h:1/x"
     )

@@ -22,6 +22,7 @@ import pytest
 from helpers import (
     GIT_IDENTITY,
     free_port,
+    make_command,
     project_copy,
     real_params,
     shrink,
@@ -177,4 +178,22 @@ def test_an_unknown_or_changed_host_key_is_refused(
     assert len(lines) == 1 and lines[0].startswith("error: the SSH remote 'team'"), out.stderr
     assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {known_hosts}" in lines[0]
     assert not (tmp_path / "ssh-store").exists(), "data reached the server"
+    assert "Accepted publickey" not in (tmp_path / "sshd/sshd.log").read_text()
+
+
+def test_make_pull_checks_the_host_key(tmp_path: Path, mirror, sshd: Sshd) -> None:
+    """`make pull` goes through the wrapper: from the default SSH remote with an unknown host
+    key it fetches nothing and says so in one `error:` line."""
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("[127.0.0.1]:1 ssh-ed25519 " + sshd.known_hosts_line().split()[2])
+    env = stage_env(DVC_SSH_KNOWN_HOSTS=str(known_hosts), **GIT_IDENTITY)
+    alice = alice_with_data(tmp_path, mirror, sshd, env)
+    run([str(BIN / "dvc"), "remote", "default", "--local", "team"], alice, env)
+    out = subprocess.run(
+        make_command("pull"), cwd=alice, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode != 0, out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the SSH remote 'team'"), out.stderr
+    assert "Traceback" not in out.stderr
     assert "Accepted publickey" not in (tmp_path / "sshd/sshd.log").read_text()

@@ -21,12 +21,15 @@ from digits.lib.config import flatten, parse_params
 from digits.lib.config.edit import edit_params
 from digits.lib.config.sweep import SweepParams
 from digits.lib.process import ProcessName
+from digits.lib.urls import StorageUrl
 from digits.tools.sweep import checks
 from digits.tools.sweep.study import (
     DEFAULT_JOURNAL,
     FINISHED,
     count_trials,
     open_study,
+    session_limits,
+    single_host,
     storage_url,
 )
 
@@ -412,7 +415,7 @@ def test_postgresql_heartbeat_fails_a_stale_trial(project: Path, pg_storage: str
 
     edit_params(project / "params.yaml", {"sweep.heartbeat": 1})
     params = load_params(project / "params.yaml", SweepParams)
-    study = open_study(params, pg_storage, "hb", 0)
+    study = open_study(params, StorageUrl.parse(pg_storage), "hb", 0)
 
     def dies(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", "elsewhere:1")
@@ -781,7 +784,10 @@ def test_workers_threads_cap_tensorflow_thread_pools() -> None:
     probe = "import os; print(os.environ['TF_NUM_INTRAOP_THREADS'], flush=True)"
     exits: list[int] = []
     codes = run_workers(
-        [[sys.executable, "-c", probe]], "x", lambda w, c: exits.append(c), threads=1
+        [[sys.executable, "-c", probe]],
+        StorageUrl.parse("x"),
+        lambda w, c: exits.append(c),
+        threads=1,
     )
     assert list(codes.values()) == [0] and exits == [0]
     assert thread_env(1) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
@@ -798,3 +804,26 @@ def test_named_space_replaces_the_study_fixed_settings_and_space() -> None:
     raw["sweep"]["spaces"]["cnn"]["space"]["model.cnn.padding"] = {"choices": ["full"]}
     with pytest.raises(Exception, match=r"sweep\.spaces\.cnn\.space\.model\.cnn\.padding"):
         checks.check_sweep(parse_params(raw, schema=SweepParams))
+
+
+def test_the_storage_url_is_parsed_once_into_its_kind_and_redacted_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: `storage_url` hands down a StorageUrl; its kind, not the text, chooses the
+    journal or PostgreSQL's session limits, and only its redacted form is shown."""
+    from types import SimpleNamespace
+    from urllib.parse import quote
+
+    from digits.lib.urls import StorageKind
+
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    journal = storage_url(SimpleNamespace(storage=None), tmp_path)
+    assert journal.is_path and single_host(journal) and session_limits(journal, 30) == {}
+    assert journal.secret == journal.redacted == str((tmp_path / DEFAULT_JOURNAL).resolve())
+    password = "pw-Kea/#?@"
+    typed = f"postgresql+psycopg2://sweeper:{quote(password, safe='')}@db:5432/optuna"
+    monkeypatch.setenv("OPTUNA_STORAGE", typed)
+    pg = storage_url(SimpleNamespace(storage="ignored.log"), tmp_path)
+    assert (pg.kind, pg.secret, single_host(pg)) == (StorageKind.POSTGRESQL, typed, False)
+    assert pg.redacted == "postgresql+psycopg2://sweeper:***@db:5432/optuna"
+    assert "idle_in_transaction" in session_limits(pg, 30)["connect_args"]["options"]

@@ -16,7 +16,16 @@ import yaml
 
 from digits.tools.server import serving
 
-from helpers import drop_database, free_port, postgres_database, real_params, shrink
+from helpers import (
+    ROOT,
+    drop_database,
+    free_port,
+    make_command,
+    postgres_database,
+    real_params,
+    shrink,
+    stage_env,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -115,3 +124,19 @@ def test_dead_tracking_server_fails_fast_before_training(
     assert "is not reachable" in err and "MLFLOW_TRACKING_URI" in err
     assert not (tmp_path / "models/model.keras").exists()
     assert time.perf_counter() - started < 30  # seconds, not minutes of client retries
+
+
+def test_make_ui_on_a_tracking_server_prints_its_address_and_starts_nothing() -> None:
+    """With MLFLOW_TRACKING_URI on a server, the runs are there, not in mlflow.db: `make ui`
+    names the server's UI (credentials dropped) instead of opening the local store."""
+    import subprocess
+
+    env = stage_env(MLFLOW_TRACKING_URI="http://alice:s3cret-Kiwi@127.0.0.1:5001/mlflow/")
+    out = subprocess.run(
+        make_command("ui"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (
+        "the runs are on the tracking server in MLFLOW_TRACKING_URI: open "
+        "http://127.0.0.1:5001/mlflow/ (no local UI started)\n"
+    )

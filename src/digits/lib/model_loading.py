@@ -25,6 +25,7 @@ import numpy as np
 
 from digits import PipelineError
 from digits.lib.environment import Environment
+from digits.lib.inputs import display_name
 from digits.lib.shifts import Predictor, keras_predictor
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # runs:/..., models:/..., s3://...; not C:\
@@ -48,8 +49,9 @@ def check_model(model: str) -> None:
     """Fail early, with the way out, when `model` is a path to nothing (URIs are not checked)."""
     if not is_model_uri(model) and not Path(model).exists():
         raise PipelineError(
-            f"{model}: no such model file. Train one with `make repro`, or pass --model with a "
-            ".keras file or an MLflow model URI (runs:/<run_id>/model, models:/<name>@<alias>)"
+            f"{display_name(model)}: no such model file. Train one with `make repro`, or pass "
+            "--model with a .keras file or an MLflow model URI (runs:/<run_id>/model, "
+            "models:/<name>@<alias>)"
         )
 
 
@@ -74,9 +76,9 @@ def check_trust(model: str, params: Path, trust: bool, *, env: Environment) -> N
     reason = untrusted_reason(model, env.project_root(params))
     if reason and not trust:
         raise PipelineError(
-            f"{model}: refused: {reason}. Loading a model can run code it carries (MLflow's "
-            "pyfunc imports modules and unpickles objects; a Keras Lambda layer holds Python "
-            f"bytecode). {TRUST_HINT}"
+            f"{display_name(model)}: refused: {reason}. Loading a model can run code it carries "
+            "(MLflow's pyfunc imports modules and unpickles objects; a Keras Lambda layer holds "
+            f"Python bytecode). {TRUST_HINT}"
         )
 
 
@@ -143,7 +145,7 @@ def load_keras(path: Path, trust: bool = False, name: str | None = None) -> Pred
     layers) unless the model is trusted. `name` is what error messages call it."""
     import keras
 
-    name = name or str(path)
+    name = display_name(name or str(path))
     try:
         keras_model = keras.saving.load_model(path, safe_mode=not trust)
     except (ValueError, OSError, TypeError) as err:
@@ -176,7 +178,9 @@ def load_predictor(
     path = Path(model)
     if path.is_dir():
         if not (path / "MLmodel").is_file():
-            raise PipelineError(f"{model}: a folder without an MLmodel file (not an MLflow model)")
+            raise PipelineError(
+                f"{display_name(model)}: a folder without an MLmodel file (not an MLflow model)"
+            )
         return _load_mlflow_model(str(path), str(path), trust)
     return load_keras(path, trust)
 
@@ -221,8 +225,9 @@ def _load_mlflow_model(model_uri: str, where: str, trust: bool) -> Predictor:
             held = f"files {', '.join(found)}" if found else None
         if held:
             raise PipelineError(
-                f"{model_uri}: refused: it holds {held}, code that loading it through MLflow "
-                f"would import or unpickle; predict loads only plain Keras models. {TRUST_HINT}"
+                f"{display_name(model_uri)}: refused: it holds {held}, code that loading it "
+                "through MLflow would import or unpickle; predict loads only plain Keras models. "
+                f"{TRUST_HINT}"
             )
         keras_file = folder / str(manifest["flavors"]["keras"]["data"]) / KERAS_FILE
         return load_keras(keras_file, name=model_uri)
@@ -242,7 +247,7 @@ def _fetch(uri: str, dst: Path, model_uri: str, where: str) -> Path:
     except (MlflowException, OSError) as err:
         message = getattr(err, "message", None) or str(err)
         raise PipelineError(
-            f"{model_uri}: cannot load the model from {where} ({message})"
+            f"{display_name(model_uri)}: cannot load the model from {where} ({message})"
         ) from None
 
 
@@ -253,9 +258,11 @@ def _read_mlmodel(path: Path, model_uri: str) -> Mapping[str, Any]:
     try:
         manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise PipelineError(f"{model_uri}: unreadable MLmodel file ({err})") from None
+        raise PipelineError(f"{display_name(model_uri)}: unreadable MLmodel file ({err})") from None
     if not isinstance(manifest, Mapping):
-        raise PipelineError(f"{model_uri}: unreadable MLmodel file (not a YAML mapping)")
+        raise PipelineError(
+            f"{display_name(model_uri)}: unreadable MLmodel file (not a YAML mapping)"
+        )
     return manifest
 
 
@@ -270,12 +277,12 @@ def _pyfunc_predictor(model_uri: str, where: str) -> Predictor:
     except (MlflowException, OSError) as err:
         message = getattr(err, "message", None) or str(err)
         raise PipelineError(
-            f"{model_uri}: cannot load the model from {where} ({message})"
+            f"{display_name(model_uri)}: cannot load the model from {where} ({message})"
         ) from None
     except Exception as err:  # a trusted model's own loader may raise anything
         message = f"its loader raised {type(err).__name__}: {err}"
         raise PipelineError(
-            f"{model_uri}: cannot load the model from {where} ({message})"
+            f"{display_name(model_uri)}: cannot load the model from {where} ({message})"
         ) from None
 
     def predict(x: np.ndarray) -> np.ndarray:

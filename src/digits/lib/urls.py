@@ -82,6 +82,11 @@ class StorageUrl:
         return replace(self, secret=text, redacted=_parse_database(text)[1])
 
     @property
+    def is_path(self) -> bool:
+        """A plain file path, no scheme: an Optuna journal file, a local MLflow folder."""
+        return "://" not in self.secret
+
+    @property
     def database(self) -> str | None:
         """The database name (SQLite: the file), None for a path or a server."""
         if self.kind in (StorageKind.FILE, StorageKind.HTTP):

@@ -2,6 +2,8 @@
 
 Writes DVC metrics and plots and the figures, adds all of it to the training run in MLflow, and
 registers the model (`digits.lib.tracking.registry` decides whether it becomes the champion).
+A user the tracking server lets log runs but not register models gets the metrics logged and one
+line saying it did not register, and why.
 A run that is not in this tracking store (a clone that pulled the model, another
 MLFLOW_TRACKING_URI) is evaluated into a new run, tagged with the training run's id.
 """
@@ -31,7 +33,13 @@ from digits.lib.idx import NUM_CLASSES
 from digits.lib.run_info import RunInfo
 from digits.lib.scoring import Evaluation, evaluate, fixed_and_broke
 from digits.lib.shifts import describe, keras_predictor
-from digits.lib.tracking.promotion import Challenger, Registration, may_promote, test_digest
+from digits.lib.tracking.promotion import (
+    Challenger,
+    Decision,
+    Registration,
+    may_promote,
+    test_digest,
+)
 from digits.lib.vocab import (
     SELECTED_EPOCH,
     SHIFTED_VAL_ACCURACY,
@@ -275,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     line = registry.registration_line(registered, evaluation.accuracy)
     write_json(args.registry, registry_record(registered, table, line))
-    log.info("%s", line)
+    if registered.decision is Decision.NOT_REGISTERED:  # the user's to act on: plainly shown
+        print(f"evaluate: {line}")
+    else:
+        log.info("%s", line)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     import optuna_dashboard
 
     from digits.lib.environment import Environment
-    from digits.tools.sweep.study import open_storage, redact, repair_storage, storage_url
+    from digits.tools.sweep.study import open_storage, repair_storage, storage_url
 
     url = storage_url(params.sweep, Environment.read().project_root(args.params))
     repair_storage(url)
-    print(f"optuna-dashboard on {redact(url)}: http://{args.host}:{args.port}")
+    print(f"optuna-dashboard on {url.redacted}: http://{args.host}:{args.port}")
     optuna_dashboard.run_server(open_storage(url, params.sweep.heartbeat), args.host, args.port)
 
 

@@ -51,9 +51,20 @@ ROLES = {
 
 def grant(client, name: str, role: Role) -> None:
     """Give `name` exactly `role`'s permissions on every experiment and registered model."""
+    from mlflow.exceptions import MlflowException
+
     grants = ROLES[role]
-    client.grant_user_permission(name, "experiment", "*", grants.experiments)
-    client.grant_user_permission(name, "registered_model", "*", grants.registered_models)
+    for kind, permission in (
+        ("experiment", grants.experiments),
+        ("registered_model", grants.registered_models),
+    ):
+        try:
+            client.grant_user_permission(name, kind, "*", permission)
+        except MlflowException as err:  # `user role`: the old grant goes first
+            if getattr(err, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                raise
+            client.revoke_user_permission(name, kind, "*")
+            client.grant_user_permission(name, kind, "*", permission)
 
 
 def ensure_team_resources(uri: str, experiment: str, model: str) -> None:

@@ -35,6 +35,7 @@ class Decision(enum.StrEnum):
     NOT_COMPARED = "not_compared"  # the champion has no predictions to pair with: it stays
     HELD_BACK = "held_back"  # would take the alias, but this run may not (promotion off)
     ALREADY_REGISTERED = "already_registered"  # the run is a version already: nothing new
+    NOT_REGISTERED = "not_registered"  # the server refused this user the registry (403)
 
     @property
     def crowns(self) -> bool:
@@ -79,8 +80,8 @@ class Challenger:
 class Registration:
     """A version registered by `evaluate`, and what the registry decided about it."""
 
-    name: str  # the registered model it joined
-    version: str
+    name: str  # the registered model it joined (not registered: the configured one)
+    version: str | None  # None: not registered
     alias: str
     champion: bool  # whether it holds the alias now
     decision: Decision

@@ -29,6 +29,8 @@ import numpy as np
 
 from digits import PipelineError
 from digits.lib.config import MLflowConfig
+from digits.lib.secrets import redact_text
+from digits.lib.tracking.access import current_user, is_permission_denied
 from digits.lib.tracking.lease import LEASE_SECONDS, Lease, promotion_lock
 from digits.lib.tracking.promotion import (
     Challenger,
@@ -124,6 +126,10 @@ def home(client: mlflow.MlflowClient, base: str, key: Mapping[str, str]) -> tupl
                 tags = client.get_registered_model(name).tags
             else:
                 return name, reason
+        if TEST_DIGEST_TAG not in tags and not client.search_model_versions(f"name = '{name}'"):
+            for tag, value in key.items():  # made empty (by a server's admin): adopt it
+                client.set_registered_model_tag(name, tag, value)
+            return name, reason
         theirs = {SHIFTS_TAG: "0", **tags}  # registered before shifts counted: one view
         if all(theirs.get(k) == v for k, v in key.items()):
             return name, reason
@@ -196,6 +202,23 @@ def _already(
     return Registration(name, number, alias, crowned, Decision.ALREADY_REGISTERED, reason)
 
 
+def check_may_register(client: mlflow.MlflowClient, uri: str, name: str) -> None:
+    """On a tracking server, raise its 403 unless this user may edit registered model `name`:
+    MLflow's auth app lets any user create a registered model (and manage it), so only an edit
+    of the team's own (a no-op: its description set to itself) shows the grant."""
+    from mlflow.exceptions import MlflowException
+
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        description = client.get_registered_model(name).description
+    except MlflowException as err:
+        if not _missing(err):
+            raise
+        return
+    client.update_registered_model(name, description or "")
+
+
 def register(
     challenger: Challenger,
     cfg: MLflowConfig,
@@ -217,6 +240,7 @@ def register(
         raise RegistryError(f"model registry: {err}") from None
     client = MlflowClient()
     try:
+        check_may_register(client, uri, cfg.registered_model)
         with promotion_lock(client, cfg.registered_model, lock_timeout, lease_seconds) as lease:
             if (again := _already(client, challenger, cfg.champion_alias, lease)) is not None:
                 return again, None
@@ -237,9 +261,23 @@ def register(
             registration = _registration(name, version, cfg, verdict, champion, apart)
             _tag_version(client, registration, challenger.may_promote)
     except MlflowException as err:
+        if is_permission_denied(err):  # a logger: the metrics are logged, the registry is not
+            return not_registered(cfg, uri), None
         raise RegistryError(f"model registry {uri}: {err.message}") from None
     before = champion.predictions if champion is not None and verdict.test else None
     return registration, None if before is None else before["predicted"]
+
+
+def not_registered(cfg: MLflowConfig, uri: str) -> Registration:
+    """The registration of a run whose user the server let log runs but not register models."""
+    user = current_user() or "(unknown user)"
+    reason = (
+        f"{user} may log runs but not register models on {redact_text(uri)}; ask an admin for "
+        f"`python -m digits.tools.server user role {user} --role registrar`"
+    )
+    return Registration(
+        cfg.registered_model, None, cfg.champion_alias, False, Decision.NOT_REGISTERED, reason
+    )
 
 
 def _accuracy(challenger: Challenger) -> float:
@@ -302,7 +340,7 @@ def run_tags(reg: Registration) -> dict[str, str]:
     """What the evaluated run records about its registration."""
     tags = {
         "registry.model": reg.name,
-        "registry.version": reg.version,
+        "registry.version": reg.version or "",
         "registry.champion": str(reg.champion),
         "registry.decision": str(reg.decision),
         "registry.reason": reg.reason,
@@ -314,6 +352,8 @@ def run_tags(reg: Registration) -> dict[str, str]:
 
 def registration_line(reg: Registration, accuracy: float) -> str:
     """What happened in the registry, in one sentence."""
+    if reg.decision is Decision.NOT_REGISTERED:
+        return f"not registered: {reg.reason}"
     head = f"registered {reg.name} version {reg.version} (test accuracy {accuracy:.4f})"
     uri = f"models:/{reg.name}@{reg.alias}"
     if reg.decision is Decision.ALREADY_REGISTERED:

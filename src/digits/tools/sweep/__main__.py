@@ -13,8 +13,9 @@ from digits.lib.config import ParamsError
 from digits.lib.config.edit import edit_params
 from digits.lib.config.sweep import SweepConfig
 from digits.lib.environment import Environment
+from digits.lib.urls import StorageUrl
 from digits.tools.sweep.checks import load_sweep_params
-from digits.tools.sweep.study import SweepOptions, count_trials, redact, storage_url
+from digits.tools.sweep.study import SweepOptions, count_trials, storage_url
 
 if TYPE_CHECKING:
     from digits.tools.sweep.results import BestTrial
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = Environment.read()
     url = storage_url(cfg, env.project_root(args.params), args.storage)
     if args.command == "storage":
-        print(url if args.show_password else redact(url))
+        print(url.secret if args.show_password else url.redacted)
         return
     if args.command == "promote":
         promote(args.params, args.study or cfg.study, url, cfg)
@@ -136,7 +137,7 @@ def promotable(best: BestTrial, cfg: SweepConfig, params_path: Path) -> dict[str
     return best.overrides
 
 
-def promote(params_path: Path, study_name: str, url: str, cfg: SweepConfig) -> None:
+def promote(params_path: Path, study_name: str, url: StorageUrl, cfg: SweepConfig) -> None:
     """Write the chosen trial's settings into `params_path`: the best complete trial, or with
     several objectives the Pareto-front trial that `sweep.promote` picks; only the keys of
     `sweep.space` and `sweep.fixed` (`promotable`)."""
@@ -149,7 +150,7 @@ def promote(params_path: Path, study_name: str, url: str, cfg: SweepConfig) -> N
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(url, 60))
     except KeyError:
-        raise ParamsError(f"no study {study_name!r} in {redact(url)}; check STUDY=") from None
+        raise ParamsError(f"no study {study_name!r} in {url.redacted}; check STUDY=") from None
     check_same_objectives(study, cfg)
     if not count_trials(study).complete:
         raise ParamsError(f"study {study_name!r} has no complete trial yet; run `make sweep`")

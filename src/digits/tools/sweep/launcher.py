@@ -25,7 +25,6 @@ from digits.tools.sweep.study import (
     grace_seconds,
     open_study,
     pruning_off_reason,
-    redact,
     repair_storage,
     single_host,
     trial_epochs,
@@ -130,7 +129,7 @@ def prepare(params: Params, opts: SweepOptions) -> tuple[optuna.Study, str]:
         log.warning("%s", reason)
     elif params.sweep.pruner != "none" and params.sweep.repeats > 1:
         log.info("pruning: %s, on each trial's first seed", params.sweep.pruner)
-    log.info("study %r in %s: %s", opts.study, redact(opts.storage), count_trials(study))
+    log.info("study %r in %s: %s", opts.study, opts.storage.redacted, count_trials(study))
     experiment_id = setup(params.mlflow, opts.env.project_root(opts.params_path), opts.env)
     close_dead_runs(experiment_id, orphans=orphan_runs(study))
     return study, experiment_id
@@ -143,7 +142,7 @@ def parent_tags(params: Params, opts: SweepOptions) -> dict[str, str]:
     pruning = reason or ("off" if params.sweep.pruner == "none" else "on")
     return {
         "optuna.study": opts.study,
-        "optuna.storage": redact(opts.storage),
+        "optuna.storage": opts.storage.redacted,
         "sweep": "parent",
         "optuna.pruning": pruning,
     }

@@ -13,7 +13,7 @@ from digits import PipelineError
 from digits.lib.config import Params
 from digits.lib.config.sweep import SweepConfig
 from digits.lib.environment import Environment
-from digits.lib.urls import check_database
+from digits.lib.urls import StorageKind, StorageUrl, check_database
 from digits.lib.vocab import METRIC_TO_KERAS
 
 if TYPE_CHECKING:
@@ -25,20 +25,21 @@ DEFAULT_JOURNAL = "sweeps/optuna-journal.log"
 FINISHED = ("COMPLETE", "PRUNED")  # trial states that count toward `n_trials`
 
 
-def storage_url(cfg: SweepConfig, root: Path, override: str | None = None) -> str:
-    """--storage, else $OPTUNA_STORAGE, else `sweep.storage`, else the project's journal file."""
+def storage_url(cfg: SweepConfig, root: Path, override: str | None = None) -> StorageUrl:
+    """--storage, else $OPTUNA_STORAGE, else `sweep.storage`, else the project's journal file,
+    parsed once (a relative journal path anchored at `root`) and passed down as it is."""
     url = override or os.environ.get("OPTUNA_STORAGE") or cfg.storage or DEFAULT_JOURNAL
-    if "://" in url:
-        return url
-    return str((root / url).resolve())
+    if "://" not in url:
+        url = str((root / url).resolve())
+    return StorageUrl.parse(url)
 
 
-def single_host(url: str) -> bool:
+def single_host(url: StorageUrl) -> bool:
     """True for the journal file: every worker of its studies runs on this machine."""
-    return "://" not in url
+    return url.is_path
 
 
-def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
+def open_storage(url: StorageUrl, heartbeat: float) -> optuna.storages.BaseStorage:
     """A SQLAlchemy URL -> RDBStorage with heartbeats (a dead worker's trial turns FAIL and is
     retried); a file path -> JournalStorage, safe for many processes on one machine."""
     import optuna
@@ -46,19 +47,19 @@ def open_storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     from digits.lib.journal import journal_backend
     from digits.tools.sweep.orphans import retry_trial
 
-    if "://" in url:
-        check_database(url)  # a missing driver or a dead server: one line, not a traceback
+    if not url.is_path:
+        check_database(url.secret)  # a missing driver or a dead server: one line, no traceback
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url,
+                url.secret,
                 heartbeat_interval=max(1, round(heartbeat)),
                 grace_period=round(grace_seconds(heartbeat)),
                 heartbeat_stale_trial_callback=retry_trial,
                 engine_kwargs={"pool_pre_ping": True, **session_limits(url, heartbeat)},
             )
-    Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(journal_backend(url))  # the default symlink lock
+    Path(url.secret).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(journal_backend(url.secret))  # the default symlink lock
 
 
 def grace_seconds(heartbeat: float) -> float:
@@ -67,30 +68,23 @@ def grace_seconds(heartbeat: float) -> float:
     return max(2.0, 2 * heartbeat)
 
 
-def session_limits(url: str, heartbeat: float) -> dict:
+def session_limits(url: StorageUrl, heartbeat: float) -> dict:
     """PostgreSQL: end a worker's session that stays inside a transaction (its host died or
     lost its network between two statements), so the row locks it holds do not stop the other
     workers from failing its trial; Optuna's transactions hold no user code, so a live worker
     never waits that long."""
-    if not url.startswith("postgresql"):
+    if url.kind is not StorageKind.POSTGRESQL:
         return {}
     limit_ms = round(1000 * max(10.0, 2 * heartbeat))
     return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={limit_ms}"}}
 
 
-def repair_storage(url: str) -> None:
+def repair_storage(url: StorageUrl) -> None:
     """Before the launcher opens a journal file (no worker running yet): drop partial records."""
-    if "://" not in url:
+    if url.is_path:
         from digits.lib.journal import repair_journal
 
-        repair_journal(url)
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password, for logs and tags."""
-    from digits.lib.secrets import redact_url
-
-    return redact_url(url)
+        repair_journal(url.secret)
 
 
 def make_sampler(cfg: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -150,7 +144,7 @@ def trial_epochs(params: Params) -> int:
     return int(epochs or params.train.epochs)
 
 
-def open_study(params: Params, url: str, name: str, seed: int) -> optuna.Study:
+def open_study(params: Params, url: StorageUrl, name: str, seed: int) -> optuna.Study:
     """Create the study, or load it when it exists (safe to race from several processes). A
     study keeps the objectives and repeats it was created with: values measured otherwise
     cannot be compared, so params that disagree are an error."""
@@ -228,7 +222,7 @@ class SweepOptions:
 
     params_path: Path
     study: str
-    storage: str  # a SQLAlchemy URL, or the journal file's absolute path
+    storage: StorageUrl  # a SQLAlchemy URL, or the journal file's absolute path
     n_trials: int  # finished (complete or pruned) trials the study should reach
     data: Path = Path("data/processed")
     out: Path = Path("reports/sweep")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digits.lib.config import Params
+from digits.lib.urls import StorageUrl
 from digits.tools.sweep.orphans import fail_orphans, remove_stale_checkpoints
 from digits.tools.sweep.study import (
     Counts,
@@ -171,7 +172,7 @@ def thread_env(threads: int) -> dict[str, str]:
 
 def run_workers(
     commands: list[list[str]],
-    storage: str,
+    storage: StorageUrl,
     on_exit: Callable[[str, int], None],
     beat: Callable[[], None] = lambda: None,
     threads: int = 0,
@@ -183,7 +184,7 @@ def run_workers(
     from digits.lib.process import process_id
 
     # the storage is not in argv: it may hold a password
-    env = {**os.environ, "OPTUNA_STORAGE": storage, **thread_env(threads)}
+    env = {**os.environ, "OPTUNA_STORAGE": storage.secret, **thread_env(threads)}
     # own sessions: a Ctrl-C reaches the launcher only, which passes one SIGINT to each worker
     started = (subprocess.Popen(c, env=env, start_new_session=True) for c in commands)
     procs = {process_id(p.pid): p for p in started}
