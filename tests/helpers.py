@@ -170,7 +170,8 @@ def make_command(*args: str) -> list[str]:
     """`make ARGS` with this test run's venv, told not to reinstall it (its `.installed` stamp
     may be older than a copied pyproject.toml): the make targets, as a user runs them."""
     venv = Path(sys.executable).parent.parent
-    return ["make", f"VENV={venv}", "-o", f"{venv}/bin/.installed", *args]
+    # --no-print-directory: under `make test` the outer make would add "Entering directory" lines
+    return ["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/bin/.installed", *args]
 
 
 def project_copy(dest: Path, params: dict[str, Any]) -> Path:
