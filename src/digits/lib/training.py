@@ -75,17 +75,14 @@ def fit(
         # epoch is logged only once it is saved: a resume never logs it twice)
         standard.append(checkpoint.callback(stopping))
     if checkpoint is None or checkpoint.remaining(train_cfg.epochs):
-        batches = epoch_batches(
-            train.x, train.y, train_cfg.batch_size, train_cfg.seed, done, train_cfg.epochs
-        )
+        batches, order = epoch_batches(train.x, train.y, train_cfg.batch_size, train_cfg.seed)
         logs = model.fit(
             batches,
-            steps_per_epoch=steps,
             validation_data=(val.x, val.y),
             validation_batch_size=train_cfg.batch_size,
             epochs=train_cfg.epochs,
             initial_epoch=done,
-            callbacks=[*standard, *callbacks],
+            callbacks=[order, *standard, *callbacks],
             verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
         ).history
     else:  # killed after its last epoch was saved: nothing left to train
