@@ -102,7 +102,7 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_learns(tmp_path) -> None:
             "cnn.dense": 32,
             "dtype_policy": "mixed_bfloat16",
         },
-        train={"epochs": 3, "batch_size": 32},
+        train={"epochs": 4, "batch_size": 32},
     )
     model, history = fit(params.model, params.train, train, val)
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))

@@ -4,11 +4,10 @@ it was made from the same params and data.
 One `.npz` file holds every model variable (weights, and the dropout and augmentation layers'
 random-generator states), every optimizer variable (its slots and its step count, which is the
 learning-rate schedule's position), early stopping's state with its best weights, the history so
-far and the MLflow run it belongs to. The data order needs nothing saved: Keras 3 (TensorFlow
-backend, array inputs, `set_random_seed`) starts each epoch's iterator afresh and so shuffles
-every epoch in the same seeded order. With the rest restored, the epochs after a resume are
-bit-identical to an uninterrupted run's; `tests/test_resume.py` checks it, and would catch a
-Keras that carried shuffle state from epoch to epoch.
+far and the MLflow run it belongs to. The data order needs nothing saved: each epoch's order is
+drawn from `train.seed` and the epoch number (`digits.lib.batches`). With the rest restored, the
+epochs after a resume are bit-identical to an uninterrupted run's; `tests/test_resume.py` checks
+it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pandas as pd
 
 from digits import PipelineError
 from digits.lib import numpy_mlp
+from digits.lib.batches import epoch_batches, steps_per_epoch
 from digits.lib.config import ModelConfig, Params, TrainConfig
 from digits.lib.config.runparams import run_params
 from digits.lib.data import Split
@@ -56,7 +57,7 @@ def fit(
     if model_cfg.type == "numpy_mlp":
         return fit_numpy(model_cfg, train_cfg, train, val, callbacks, verbose)
     keras.utils.set_random_seed(train_cfg.seed)
-    steps = math.ceil(len(train) / train_cfg.batch_size)
+    steps = steps_per_epoch(len(train), train_cfg.batch_size)
     model = compile_model(build_model(model_cfg, image_shape(train.x.shape[1])), train_cfg, steps)
     standard: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     stopping = None
@@ -74,14 +75,14 @@ def fit(
         # epoch is logged only once it is saved: a resume never logs it twice)
         standard.append(checkpoint.callback(stopping))
     if checkpoint is None or checkpoint.remaining(train_cfg.epochs):
+        batches, order = epoch_batches(train.x, train.y, train_cfg.batch_size, train_cfg.seed)
         logs = model.fit(
-            train.x,
-            train.y,
+            batches,
             validation_data=(val.x, val.y),
+            validation_batch_size=train_cfg.batch_size,
             epochs=train_cfg.epochs,
             initial_epoch=done,
-            batch_size=train_cfg.batch_size,
-            callbacks=[*standard, *callbacks],
+            callbacks=[order, *standard, *callbacks],
             verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
         ).history
     else:  # killed after its last epoch was saved: nothing left to train
