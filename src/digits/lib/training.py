@@ -17,7 +17,19 @@ from digits.lib.batches import epoch_batches, steps_per_epoch
 from digits.lib.config import ModelConfig, Params, TrainConfig
 from digits.lib.config.runparams import run_params
 from digits.lib.data import Split
-from digits.lib.vocab import best_epoch, history_frame, keras_name, selected
+from digits.lib.vocab import (
+    SELECTED_EPOCH,
+    TRAIN_EPOCHS,
+    TRAIN_LOSS,
+    TRAIN_PEAK_MEMORY_MB,
+    TRAIN_SECONDS,
+    VAL_ACCURACY,
+    VAL_LOSS,
+    best_epoch,
+    history_frame,
+    keras_name,
+    selected,
+)
 
 
 class TrainingDiverged(PipelineError):
@@ -110,9 +122,9 @@ def fit_numpy(
 
 def check_finite(history: pd.DataFrame) -> pd.DataFrame:
     """The history, if its training loss stayed finite; else TrainingDiverged."""
-    if not all(math.isfinite(v) for v in history["train/loss"]):
+    if not all(math.isfinite(v) for v in history[TRAIN_LOSS]):
         raise TrainingDiverged(
-            f"training loss became {history['train/loss'].iloc[-1]} in epoch {len(history)}; "
+            f"training loss became {history[TRAIN_LOSS].iloc[-1]} in epoch {len(history)}; "
             "lower train.learning_rate or pick another optimizer"
         )
     return history
@@ -143,16 +155,16 @@ def fit_logged(
         seconds += checkpoint.start.seconds  # the fit time before the resume
     val_loss, val_accuracy = model.evaluate(val.x, val.y, batch_size=1024, verbose=0)
     summary = {
-        "train/seconds": round(seconds, 2),
-        "train/epochs": len(history),
+        TRAIN_SECONDS: round(seconds, 2),
+        TRAIN_EPOCHS: len(history),
         # the process's peak resident memory so far (Linux counts KiB): data, TensorFlow, model
-        "train/peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        TRAIN_PEAK_MEMORY_MB: round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         # early stopping restores the best epoch's weights; without it the last epoch's stay
-        "selected/epoch": (
+        SELECTED_EPOCH: (
             best_epoch(history, params.train.monitor) if params.train.patience else len(history)
         ),
-        selected("val/loss"): float(val_loss),
-        selected("val/accuracy"): float(val_accuracy),
+        selected(VAL_LOSS): float(val_loss),
+        selected(VAL_ACCURACY): float(val_accuracy),
     }
     mlflow.log_metrics(summary)
     mlflow.log_param("model.n_params", model.count_params())

@@ -25,6 +25,7 @@ from digits.lib.data import Split, file_digest, load_splits
 from digits.lib.environment import Environment
 from digits.lib.files import atomic_path, write_json, write_text
 from digits.lib.run_info import RunInfo
+from digits.lib.vocab import SELECTED_EPOCH, SELECTED_VAL_ACCURACY, TRAIN_EPOCHS, TRAIN_SECONDS
 
 if TYPE_CHECKING:
     import keras
@@ -181,10 +182,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info(
         "run %s: val accuracy %.4f (epoch %d of %d) in %.0f s",
         result.run_id,
-        result.metrics["selected/val_accuracy"],
-        result.metrics["selected/epoch"],
-        result.metrics["train/epochs"],
-        result.metrics["train/seconds"],
+        result.metrics[SELECTED_VAL_ACCURACY],
+        result.metrics[SELECTED_EPOCH],
+        result.metrics[TRAIN_EPOCHS],
+        result.metrics[TRAIN_SECONDS],
     )
     if args.checkpoint is not None:
         checkpoint.remove(args.checkpoint)  # the outputs are written: nothing left to resume

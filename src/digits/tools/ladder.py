@@ -33,7 +33,15 @@ from digits.lib.config import Params, ParamsError, load_params
 from digits.lib.environment import Environment
 from digits.lib.files import write_text
 from digits.lib.tracking.promotion import PROMOTE_ENV
-from digits.lib.vocab import SHIFTED_VAL_ACCURACY
+from digits.lib.vocab import (
+    SELECTED_EPOCH,
+    SELECTED_VAL_ACCURACY,
+    SHIFTED_VAL_ACCURACY,
+    TEST_ACCURACY,
+    TRAIN_EPOCHS,
+    TRAIN_PEAK_MEMORY_MB,
+    TRAIN_SECONDS,
+)
 from digits.tools import provenance
 
 log = logging.getLogger(__name__)
@@ -125,15 +133,15 @@ def rung_result(rung: Rung, experiment: str) -> dict[str, Any]:
         raise ParamsError(f"{rung.name}: no finished MLflow run tagged {rung.exp_name}")
     metrics = runs[0].data.metrics
     return {
-        "accuracy": 100 * metrics["test/accuracy"],
-        "epochs": int(metrics["train/epochs"]),
-        "selected": int(metrics["selected/epoch"]),
-        "seconds": metrics["train/seconds"],
-        "peak_memory_mb": metrics.get("train/peak_memory_mb"),
+        "accuracy": 100 * metrics[TEST_ACCURACY],
+        "epochs": int(metrics[TRAIN_EPOCHS]),
+        "selected": int(metrics[SELECTED_EPOCH]),
+        "seconds": metrics[TRAIN_SECONDS],
+        "peak_memory_mb": metrics.get(TRAIN_PEAK_MEMORY_MB),
         "run_id": runs[0].info.run_id,
         # what a recipe is judged by: the kept epoch's validation accuracy, and with
         # `evaluate.shifts` on, the same weights' validation accuracy with the shifts
-        "val_accuracy": 100 * metrics["selected/val_accuracy"],
+        "val_accuracy": 100 * metrics[SELECTED_VAL_ACCURACY],
         **(
             {"shifted_val_accuracy": 100 * metrics[SHIFTED_VAL_ACCURACY]}
             if SHIFTED_VAL_ACCURACY in metrics

@@ -14,7 +14,7 @@ from digits.lib.config import Params
 from digits.lib.config.sweep import SweepConfig
 from digits.lib.environment import Environment
 from digits.lib.urls import StorageKind, StorageUrl, check_database
-from digits.lib.vocab import METRIC_TO_KERAS
+from digits.lib.vocab import METRIC_TO_KERAS, VAL_ACCURACY
 
 if TYPE_CHECKING:
     import optuna
@@ -174,7 +174,7 @@ def check_same_objectives(study: optuna.Study, cfg: SweepConfig) -> None:
     wanted = {"objectives": dict(cfg.objectives), "repeats": cfg.repeats}
     stored = {k: study.user_attrs[k] for k in wanted if k in study.user_attrs}
     if not stored and study.get_trials(deepcopy=False):
-        stored = {"objectives": {"val/accuracy": "maximize"}, "repeats": 1}
+        stored = {"objectives": {VAL_ACCURACY: "maximize"}, "repeats": 1}
     if stored and stored != wanted:
         raise StudyMismatch(
             f"study {study.study_name!r} was run with objectives {stored['objectives']} and "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from digits import PipelineError
 from digits.lib.config import Params
 from digits.lib.config.sweep import Dimension, SweepConfig
-from digits.lib.vocab import OBJECTIVES, epoch_metrics
+from digits.lib.vocab import OBJECTIVES, TRAIN_EPOCHS, epoch_metrics
 from digits.tools.sweep.study import reported_metric
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def record(trial: optuna.Trial, rows: Sequence[Mapping[str, float]], stops: Stop
     """The trial's epochs and scores (user attrs), and its state in its MLflow run."""
     import mlflow
 
-    trial.set_user_attr("epochs", int(sum(r["train/epochs"] for r in rows)))
+    trial.set_user_attr("epochs", int(sum(r[TRAIN_EPOCHS] for r in rows)))
     trial.set_user_attr("scores", scores(rows))
     mlflow.set_tag("optuna.state", "PRUNED" if stops.reason else "COMPLETE")
     if stops.deadline and stops.deadline.stopped_epoch:
