@@ -59,6 +59,7 @@ def run(
     if fresh:
         batches, order = epoch_batches(train.x, train.y, cfg.batch_size, seed)
         data = {"x": batches, "callbacks": [order], "validation_batch_size": cfg.batch_size}
+        data["shuffle"] = False  # in its own order already
     else:
         data = {"x": train.x, "y": train.y, "batch_size": cfg.batch_size, "shuffle": True}
     started = time.perf_counter()

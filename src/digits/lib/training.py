@@ -92,6 +92,7 @@ def fit(
             batches,
             validation_data=(val.x, val.y),
             validation_batch_size=train_cfg.batch_size,
+            shuffle=False,  # the batches come in each epoch's own order already
             epochs=train_cfg.epochs,
             initial_epoch=done,
             callbacks=[order, *standard, *callbacks],
