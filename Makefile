@@ -128,7 +128,7 @@ dashboard: setup ## optuna-dashboard on the sweep's storage (http://127.0.0.1:80
 
 ladder: setup ## Course-notes configurations as DVC experiments -> reports/ladder.md (~1 h)
 	dvc repro preprocess
-	python -m digits.tools.ladder $(if $(ONLY),--only $(ONLY))
+	python -m digits.tools.ladder $(if $(ONLY),--only '$(ONLY)')
 	python -m digits.tools.benchpage --write
 
 bench: setup ## Train stage vs bare Keras, TPE+pruning vs random sweeps (N_TRIALS= WORKERS=) -> reports/bench/ (~1 h)
