@@ -5,7 +5,8 @@ which imports nothing), so metric names are translated in one place.
 
 The yardstick of `make bench` (overhead): the same arrays, model, optimizer, callbacks, epochs,
 batch size and batches per call into TensorFlow as the train stage, so the wall-time difference
-is what the pipeline adds. Only the MLP family is reproduced here.
+is what the pipeline adds, its fresh order of batches each epoch included (plain Keras repeats one
+order, so the two validation accuracies differ slightly). Only the MLP family is reproduced here.
 
     python bench/bare_keras.py --params params.yaml --data data/processed --out /tmp/bare.keras
 """
