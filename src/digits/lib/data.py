@@ -31,6 +31,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
+    def __add__(self, other: Split) -> Split:
+        """Both splits' rows, this one's first (a refit's training + validation images)."""
+        return Split(
+            x=np.concatenate([self.x, other.x]),
+            y=np.concatenate([self.y, other.y]),
+            index=np.concatenate([self.index, other.index]),
+        )
+
 
 def save_split(path: Path, split: Split) -> None:
     """Write a split atomically, uncompressed so it loads in a fraction of a second."""

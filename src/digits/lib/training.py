@@ -54,20 +54,23 @@ def fit(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     train: Split,
-    val: Split,
+    val: Split | None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | None = None,
     checkpoint: Checkpointer | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Seed, build, compile and fit; returns the model (best epoch's weights when early stopping
     is on) and the per-epoch history in the metric vocabulary. With a `checkpoint`, the fit
-    starts from its saved state (if any) and saves its state at each epoch's end."""
+    starts from its saved state (if any) and saves its state at each epoch's end. Without `val`
+    (a refit) there is nothing to monitor: `train_cfg.patience` must be 0."""
     import keras
 
     from digits.lib.models import build_model, compile_model
 
     if model_cfg.type == "numpy_mlp":
+        assert val is not None, "numpy_mlp has no refit mode"
         return fit_numpy(model_cfg, train_cfg, train, val, callbacks, verbose)
+    assert val is not None or not train_cfg.patience, "early stopping needs validation data"
     keras.utils.set_random_seed(train_cfg.seed)
     steps = steps_per_epoch(len(train), train_cfg.batch_size)
     model = compile_model(build_model(model_cfg, image_shape(train.x.shape[1])), train_cfg, steps)
@@ -90,7 +93,7 @@ def fit(
         batches, order = epoch_batches(train.x, train.y, train_cfg.batch_size, train_cfg.seed)
         logs = model.fit(
             batches,
-            validation_data=(val.x, val.y),
+            validation_data=None if val is None else (val.x, val.y),
             validation_batch_size=train_cfg.batch_size,
             shuffle=False,  # the batches come in each epoch's own order already
             epochs=train_cfg.epochs,
@@ -134,13 +137,14 @@ def check_finite(history: pd.DataFrame) -> pd.DataFrame:
 def fit_logged(
     params: Params,
     train: Split,
-    val: Split,
+    val: Split | None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | None = None,
     checkpoint: Checkpointer | None = None,
 ) -> tuple[keras.Model, pd.DataFrame, dict[str, float]]:
     """`fit` inside the active MLflow run: logs the params, every epoch's metrics (step = epoch)
-    and a summary of the selected (restored) model; returns the model, history and summary."""
+    and a summary of the selected (restored) model; returns the model, history and summary.
+    Without `val` (a refit) the summary has no validation metrics."""
     import mlflow
 
     from digits.lib.tracking.callbacks import epoch_logger
@@ -154,8 +158,7 @@ def fit_logged(
     seconds = time.perf_counter() - started
     if checkpoint is not None and checkpoint.start is not None:
         seconds += checkpoint.start.seconds  # the fit time before the resume
-    val_loss, val_accuracy = model.evaluate(val.x, val.y, batch_size=1024, verbose=0)
-    summary = {
+    summary: dict[str, float] = {
         TRAIN_SECONDS: round(seconds, 2),
         TRAIN_EPOCHS: len(history),
         # the process's peak resident memory so far (Linux counts KiB): data, TensorFlow, model
@@ -164,9 +167,11 @@ def fit_logged(
         SELECTED_EPOCH: (
             best_epoch(history, params.train.monitor) if params.train.patience else len(history)
         ),
-        selected(VAL_LOSS): float(val_loss),
-        selected(VAL_ACCURACY): float(val_accuracy),
     }
+    if val is not None:
+        val_loss, val_accuracy = model.evaluate(val.x, val.y, batch_size=1024, verbose=0)
+        summary[selected(VAL_LOSS)] = float(val_loss)
+        summary[selected(VAL_ACCURACY)] = float(val_accuracy)
     mlflow.log_metrics(summary)
     mlflow.log_param("model.n_params", model.count_params())
     return model, history, summary

@@ -59,6 +59,16 @@ class Outputs:
             path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class Context:
+    """What every run of one stage shares: the data, the project, the environment."""
+
+    data_path: Path
+    root: Path
+    digest: str  # sha256 of train.npz and val.npz
+    env: Environment
+
+
 def train(
     params: Params,
     train: Split,
@@ -75,7 +85,46 @@ def train(
     (Figures, the learning curves among them, are `evaluate`'s.) With `checkpoint_path` (and
     `train.resume`), a run killed after epoch k continues at epoch k+1 in its own MLflow run,
     and every epoch's state is saved there. `env` (the stage's environment) names the DVC
-    experiment, if any."""
+    experiment, if any.
+
+    With `train.refit`, that run (named `<name>-validation`, no model logged) only chooses the
+    epochs: a second run trains on train + val for as many epochs as it selected, from the same
+    seed, and is the one returned and written. Only the refit resumes; a kill during the
+    validation run starts it again."""
+    env = env or Environment()
+    context = Context(
+        data_path, root, file_digest(data_path / "train.npz", data_path / "val.npz"), env
+    )
+    if not params.train.refit:
+        return tracked_fit(params, train, val, context, outputs, experiment_id, checkpoint_path)
+    import mlflow
+
+    from digits.lib.tracking.provenance import REFIT_BY, REFIT_OF
+
+    chosen = tracked_fit(params, train, val, context, suffix="-validation")
+    epochs = int(chosen.metrics[SELECTED_EPOCH])
+    refit = params.with_overrides({"train.epochs": epochs, "train.patience": 0})
+    result = tracked_fit(
+        refit, train + val, None, context, outputs, experiment_id, checkpoint_path,
+        tags={REFIT_OF: chosen.run_id},
+    )  # fmt: skip
+    mlflow.MlflowClient().set_tag(chosen.run_id, REFIT_BY, result.run_id)
+    return result
+
+
+def tracked_fit(
+    params: Params,
+    train: Split,
+    val: Split | None,
+    context: Context,
+    outputs: Outputs | None = None,
+    experiment_id: str | None = None,
+    checkpoint_path: Path | None = None,
+    tags: dict[str, str] | None = None,
+    suffix: str = "",
+) -> TrainResult:
+    """One MLflow run of `train` (see there); `val` None: a refit, which no held-out images
+    check. A run with a `suffix` to its name chooses only: it logs no model."""
     import mlflow
 
     from digits.lib.files import reporting_disk_full
@@ -84,27 +133,26 @@ def train(
     from digits.lib.tracking.provenance import context_tags, log_dataset
     from digits.lib.training import fit_logged
 
-    env = env or Environment()
-
-    digest = file_digest(data_path / "train.npz", data_path / "val.npz")
-    checkpointer = checkpoint.resumable(params, digest, checkpoint_path)
+    checkpointer = checkpoint.resumable(params, context.digest, checkpoint_path)
     start = checkpointer.start if checkpointer else None
-    run_id = start.run_id if start else None
+    name = run_name(params, context.env) + suffix
     # system metrics (CPU, memory) every 10 s by MLflow's monitor thread; needs psutil
     with runs.tracked_run(
-        run_name=run_name(params, env), run_id=run_id, log_system_metrics=True
+        run_name=name, run_id=start.run_id if start else None, log_system_metrics=True
     ) as run:
         if checkpointer is not None:
             checkpointer.run_id = run.info.run_id
         if start is not None:
             checkpoint.reopened(run.info.run_id, start)
         else:
-            mlflow.set_tags(context_tags(root, digest, env))
-            log_dataset(train.x, train.y, data_path / "train.npz", digest, "training")
+            mlflow.set_tags(context_tags(context.root, context.digest, context.env))
+            source = context.data_path / "train.npz" if val is not None else context.data_path
+            log_dataset(train.x, train.y, source, context.digest, "training")
+        mlflow.set_tags(tags or {})  # on a resume too: the validation run ran again
         model, history, metrics = fit_logged(params, train, val, checkpoint=checkpointer)
         with reporting_disk_full(runs.artifact_dir(run)):
             mlflow.log_table(history, artifact_file="history.json")
-            model_uri = logged_model.log_keras_model(model, val.x[:5])
+            model_uri = "" if suffix else logged_model.log_keras_model(model, train.x[:5])
         result = TrainResult(model, history, metrics, run.info.run_id, model_uri)
         if outputs is not None:
             write_outputs(result, outputs, experiment_id)
@@ -179,10 +227,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BaseException:
         outputs.remove()  # nor its own: written, but its run could not end FINISHED (full store)
         raise
+    val_accuracy = result.metrics.get(SELECTED_VAL_ACCURACY)  # a refit has no held-out images
     log.info(
-        "run %s: val accuracy %.4f (epoch %d of %d) in %.0f s",
+        "run %s: %s (epoch %d of %d) in %.0f s",
         result.run_id,
-        result.metrics[SELECTED_VAL_ACCURACY],
+        "refit" if val_accuracy is None else f"val accuracy {val_accuracy:.4f}",
         result.metrics[SELECTED_EPOCH],
         result.metrics[TRAIN_EPOCHS],
         result.metrics[TRAIN_SECONDS],

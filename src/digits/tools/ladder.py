@@ -33,6 +33,7 @@ from digits.lib.config import Params, ParamsError, load_params
 from digits.lib.environment import Environment
 from digits.lib.files import write_text
 from digits.lib.tracking.promotion import PROMOTE_ENV
+from digits.lib.tracking.provenance import REFIT_OF
 from digits.lib.vocab import (
     SELECTED_EPOCH,
     SELECTED_VAL_ACCURACY,
@@ -132,6 +133,11 @@ def rung_result(rung: Rung, experiment: str) -> dict[str, Any]:
     if not runs:
         raise ParamsError(f"{rung.name}: no finished MLflow run tagged {rung.exp_name}")
     metrics = runs[0].data.metrics
+    refit = {}
+    if chooser := runs[0].data.tags.get(REFIT_OF):  # train.refit: val is the chooser's
+        chosen = client.get_run(chooser).data.metrics
+        metrics = {**chosen, **metrics}
+        refit = {"validation_run_id": chooser, "validation_seconds": chosen[TRAIN_SECONDS]}
     return {
         "accuracy": 100 * metrics[TEST_ACCURACY],
         "epochs": int(metrics[TRAIN_EPOCHS]),
@@ -147,6 +153,7 @@ def rung_result(rung: Rung, experiment: str) -> dict[str, Any]:
             if SHIFTED_VAL_ACCURACY in metrics
             else {}
         ),
+        **refit,
     }
 
 

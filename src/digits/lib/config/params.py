@@ -57,6 +57,21 @@ class Params(Strict):
         return self
 
     @model_validator(mode="after")
+    def _refit_chooses_nothing_after(self) -> Params:
+        if not self.train.refit:
+            return self
+        if self.evaluate.shifts:
+            message = (
+                "test-time shifts stay on only if they raise validation accuracy, and a refit "
+                "trains on the validation images: set it to 0 with train.refit"
+            )
+            raise SettingProblems([Problem("evaluate.shifts", message)])
+        if self.model.type == "numpy_mlp":
+            message = "numpy_mlp has no refit mode; set it to false"
+            raise SettingProblems([Problem("train.refit", message)])
+        return self
+
+    @model_validator(mode="after")
     def _numpy_mlp_trains_with_sgd(self) -> Params:
         if self.model.type != "numpy_mlp":
             return self

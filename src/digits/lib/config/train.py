@@ -83,6 +83,13 @@ class TrainConfig(Strict):
         default=True,
         description="A killed `train` stage continues after its last finished epoch.",
     )
+    refit: bool = Field(
+        default=False,
+        description="The `train` stage fits on the training split as usual (the validation "
+        "run), then trains again from scratch on training + validation images for the epochs "
+        "that run selected: the refit is the model kept. The two MLflow runs name each other "
+        "(tags `refit.of` and `refit.by`).",
+    )
 
     @model_validator(mode="after")
     def _warmup_needs_cosine(self) -> TrainConfig:

@@ -12,6 +12,10 @@ import mlflow
 
 from digits.lib.environment import Environment
 
+# the two runs of `train.refit` name each other
+REFIT_OF = "refit.of"  # on the refit: the validation run that chose its epochs
+REFIT_BY = "refit.by"  # on that validation run: the refit trained after it
+
 
 def git_commit(root: Path) -> str | None:
     """HEAD's commit, with `-dirty` when the work tree has changes; None outside git."""

@@ -1,0 +1,88 @@
+"""`train.refit`: the validation run chooses the epochs, a second run trains on train + val for
+that many, and the two MLflow runs name each other; the test set stays out of both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digits.lib.config import MLflowConfig, ParamsError, parse_params
+from digits.lib.data import load_splits
+
+from helpers import fresh_store, real_params, shrink
+
+
+def test_refit_trains_on_train_and_val_for_the_epochs_the_validation_run_chose(
+    tmp_path: Path, mirror, processed: Path, store_template: Path
+) -> None:
+    import mlflow
+
+    from digits.lib.environment import Environment
+    from digits.lib.tracking.provenance import REFIT_BY, REFIT_OF
+    from digits.lib.tracking.store import setup
+    from digits.stages.train import Outputs, train
+
+    _, hashes = mirror
+    raw = shrink(real_params(), hashes, ["x"])
+    raw["train"].update(epochs=4, patience=2, refit=True, learning_rate=0.05)
+    params = parse_params(raw)
+    splits = load_splits(processed, ("train", "val"))
+    outputs = Outputs(*(tmp_path / name for name in ("m.keras", "run.json", "m.json", "h.csv")))
+    setup(MLflowConfig(), fresh_store(tmp_path, store_template).parent, Environment.read())
+    try:
+        result = train(params, splits["train"], splits["val"], processed, tmp_path, outputs)
+        client = mlflow.MlflowClient()
+        refit = client.get_run(result.run_id)
+        chooser = client.get_run(refit.data.tags[REFIT_OF])
+        datasets = {
+            run.info.run_id: json.loads(run.inputs.dataset_inputs[0].dataset.profile)
+            for run in (refit, chooser)
+        }
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    assert chooser.data.tags[REFIT_BY] == refit.info.run_id
+    assert (refit.info.status, chooser.info.status) == ("FINISHED", "FINISHED")
+    assert chooser.info.run_name == refit.info.run_name + "-validation"
+    chosen = int(chooser.data.metrics["selected/epoch"])
+    assert 1 <= chosen <= 4
+    assert refit.data.params["train.epochs"] == str(chosen)
+    assert refit.data.params["train.refit"] == "True"
+    n_train, n_val = len(splits["train"]), len(splits["val"])
+    assert datasets[chooser.info.run_id]["features_shape"][0] == n_train
+    assert datasets[refit.info.run_id]["features_shape"][0] == n_train + n_val
+    # the refit has no held-out images: no validation curve or score is logged for it
+    assert "selected/val_accuracy" in chooser.data.metrics
+    assert not any(key.startswith(("val/", "selected/val")) for key in refit.data.metrics)
+    assert json.loads(outputs.metrics.read_text())["train/epochs"] == chosen
+    assert json.loads(outputs.run_info.read_text())["run_id"] == refit.info.run_id
+    assert not any(a.path == "model" for a in client.list_artifacts(chooser.info.run_id))
+    assert result.model_uri.startswith("models:/")
+    # a model trained from scratch, not the chooser's weights carried on
+    assert len(result.history) == chosen
+    assert not np.isnan(result.history["train/loss"]).any()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("evaluate.shifts", 1, "evaluate.shifts: test-time shifts stay on only if"),
+        ("model.type", "numpy_mlp", "train.refit: numpy_mlp has no refit mode"),
+    ],
+)
+def test_a_refit_refuses_what_validation_would_choose_after_it(
+    setting: str, value: object, message: str
+) -> None:
+    raw = real_params()
+    raw["train"]["refit"] = True
+    section, key = setting.split(".")
+    raw[section][key] = value
+    if value == "numpy_mlp":
+        raw["model"]["dtype_policy"] = "float32"
+        raw["model"]["augment"] = {k: 0 for k in raw["model"]["augment"]}
+        raw["train"].update(optimizer="sgd", lr_schedule="constant")
+    with pytest.raises(ParamsError, match=message):
+        parse_params(raw)
