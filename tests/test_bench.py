@@ -95,6 +95,22 @@ def test_a_repeated_rung_holds_only_when_every_seed_reaches_the_reference() -> N
     assert rows[2].endswith("| NO |"), "the median run over the time limit"
 
 
+def test_a_refit_rung_shows_the_run_that_chose_its_epochs_beside_its_own_time() -> None:
+    rung = ladder.Rung(
+        name="refit", reference=99.7, max_seconds=900, repeats=2, set={"train.refit": True}
+    )
+    runs = [
+        {"epochs": 34, "selected": 34, "wall": 900.0, "run_id": f"r{i}", "accuracy": a,
+         "seconds": s, "validation_run_id": f"v{i}", "validation_seconds": v}
+        for i, (a, s, v) in enumerate([(99.7, 450.0, 380.0), (99.72, 470.0, 400.0)])
+    ]  # fmt: skip
+    summary = ladder.summarise(runs, [42, 43])
+    assert summary["validation_seconds_all"] == [380.0, 400.0]
+    (row,) = ladder.table([rung], {"refit": {**summary, "date": "d"}}).splitlines()[2:]
+    assert "460.0 s median (450.0-470.0) (limit 900 s), after a validation run of 390 s" in row
+    assert row.endswith("| yes |")
+
+
 def trial(number: int, curve: list[float]) -> SimpleNamespace:
     return SimpleNamespace(number=number, intermediate_values=dict(enumerate(curve, 1)))
 

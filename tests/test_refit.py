@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from digits.lib.config import MLflowConfig, ParamsError, parse_params
@@ -64,6 +65,9 @@ def test_refit_trains_on_train_and_val_for_the_epochs_the_validation_run_chose(
     # a model trained from scratch, not the chooser's weights carried on
     assert len(result.history) == chosen
     assert not np.isnan(result.history["train/loss"]).any()
+    # `dvc plots` wants every curve it draws: the validation ones are there, and empty
+    written = pd.read_csv(outputs.history)
+    assert {"epoch", "train/loss", "train/accuracy", "val/loss", "val/accuracy"} <= set(written)
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,9 @@ def history_frame(history: Mapping[str, list[float]]) -> pd.DataFrame:
 
     frame = pd.DataFrame({metric_name(k): v for k, v in history.items()})
     frame.insert(0, "epoch", range(1, len(frame) + 1))
+    for curve in KERAS_TO_METRIC.values():  # a refit has no validation: empty, for DVC's plots
+        if curve not in frame:
+            frame[curve] = float("nan")
     return frame
 
 

@@ -101,7 +101,7 @@ def train(
 
     from digits.lib.tracking.provenance import REFIT_BY, REFIT_OF
 
-    chosen = tracked_fit(params, train, val, context, suffix="-validation")
+    chosen = tracked_fit(params, train, val, context, chooses_only=True)
     epochs = int(chosen.metrics[SELECTED_EPOCH])
     refit = params.with_overrides({"train.epochs": epochs, "train.patience": 0})
     result = tracked_fit(
@@ -121,10 +121,11 @@ def tracked_fit(
     experiment_id: str | None = None,
     checkpoint_path: Path | None = None,
     tags: dict[str, str] | None = None,
-    suffix: str = "",
+    chooses_only: bool = False,
 ) -> TrainResult:
     """One MLflow run of `train` (see there); `val` None: a refit, which no held-out images
-    check. A run with a `suffix` to its name chooses only: it logs no model."""
+    check. A run that `chooses_only` (a refit's first) is named `<name>-validation` and logs no
+    model."""
     import mlflow
 
     from digits.lib.files import reporting_disk_full
@@ -135,7 +136,7 @@ def tracked_fit(
 
     checkpointer = checkpoint.resumable(params, context.digest, checkpoint_path)
     start = checkpointer.start if checkpointer else None
-    name = run_name(params, context.env) + suffix
+    name = run_name(params, context.env) + ("-validation" if chooses_only else "")
     # system metrics (CPU, memory) every 10 s by MLflow's monitor thread; needs psutil
     with runs.tracked_run(
         run_name=name, run_id=start.run_id if start else None, log_system_metrics=True
@@ -152,7 +153,7 @@ def tracked_fit(
         model, history, metrics = fit_logged(params, train, val, checkpoint=checkpointer)
         with reporting_disk_full(runs.artifact_dir(run)):
             mlflow.log_table(history, artifact_file="history.json")
-            model_uri = "" if suffix else logged_model.log_keras_model(model, train.x[:5])
+            model_uri = "" if chooses_only else logged_model.log_keras_model(model, train.x[:5])
         result = TrainResult(model, history, metrics, run.info.run_id, model_uri)
         if outputs is not None:
             write_outputs(result, outputs, experiment_id)

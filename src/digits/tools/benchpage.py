@@ -65,7 +65,9 @@ Real MNIST test accuracy of the course notes' configurations and of the speed ru
 trained by the pipeline as a DVC experiment (50,000 training images, the kept epoch chosen on
 the 10,000 validation images, then scored once on the 10,000 test images). Training =
 `train/seconds`, the fit only; exp run wall = the whole `dvc exp run`. A repeated rung shows its
-median run, and holds only when every seed reaches the reference.
+median run, and holds only when every seed reaches the reference. A refit rung (`train.refit`)
+chooses its epoch count that way, then trains from scratch on all 60,000 training images:
+its training time is the refit's, the model kept, next to that of the run that chose.
 
 {ladder.table(rungs, results)}
 {note}
@@ -191,7 +193,10 @@ reports/ladder.json and reports/bench/*.json: rerun the benchmarks, do not edit 
 
 Each figure is the latest recorded, on real MNIST, with the command that measures it again,
 the machine and the day. Wall times on a shared 2-core VM vary by up to 2x from run to run;
-accuracies do not depend on load: the same params and seed give the same digits.
+accuracies do not depend on load: the same params and seed give the same digits on one
+processor. The VMs here are not all the same processor (the machine column names it where it was
+recorded), and another one computes bfloat16 differently: the same 99.0% rung, seeds 42-44,
+gave 99.20/99.13/99.09% on one and 99.21/99.10/99.22% on an AMD EPYC.
 
 {body}
 ## Not on this page

@@ -34,14 +34,26 @@ class Provenance:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def cpu_model() -> str | None:
+    """The processor's name from /proc/cpuinfo ('AMD EPYC'); None where there is none. VMs of
+    one size land on different processors, whose speed and bfloat16 kernels differ."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return next(names, None)
+
+
 def machine() -> str:
-    """'x86_64, 2 CPU cores, Linux, Python 3.11.7, TensorFlow 2.21.0'."""
+    """'x86_64, 2 CPU cores (AMD EPYC), Linux, Python 3.11.7, TensorFlow 2.21.0'."""
     try:
         tensorflow = f", TensorFlow {version('tensorflow')}"
     except PackageNotFoundError:
         tensorflow = ""
+    cpu = f" ({name})" if (name := cpu_model()) else ""
     return (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores{cpu}, {platform.system()}, "
         f"Python {platform.python_version()}{tensorflow}"
     )
 
