@@ -194,9 +194,9 @@ reports/ladder.json and reports/bench/*.json: rerun the benchmarks, do not edit 
 Each figure is the latest recorded, on real MNIST, with the command that measures it again,
 the machine and the day. Wall times on a shared 2-core VM vary by up to 2x from run to run;
 accuracies do not depend on load: the same params and seed give the same digits on one
-processor. The VMs here are not all the same processor (the machine column names it where it was
-recorded), and another one computes bfloat16 differently: the same 99.0% rung, seeds 42-44,
-gave 99.20/99.13/99.09% on one and 99.21/99.10/99.22% on an AMD EPYC.
+machine. Not across machines: the VMs here are not all alike (the machine column names the
+processor where it was recorded), and the same code, params and seeds 42-44 of the 99.0% rung
+gave 99.20/99.13/99.09% on an earlier VM and 99.21/99.10/99.22% on an AMD EPYC.
 
 {body}
 ## Not on this page
