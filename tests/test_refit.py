@@ -90,3 +90,23 @@ def test_a_refit_refuses_what_validation_would_choose_after_it(
         raw["train"].update(optimizer="sgd", lr_schedule="constant")
     with pytest.raises(ParamsError, match=message):
         parse_params(raw)
+
+
+def test_the_report_says_a_refit_model_learned_from_the_validation_images_too(
+    small_params: dict,
+) -> None:
+    from digits.lib.config.runparams import run_params
+    from digits.stages.report import render
+
+    args = (
+        {"test/accuracy": 0.97, "test/errors": 30, "test/loss": 0.1, "test/ece": 0.01},
+        {"train/epochs": 2, "selected/epoch": 2, "train/seconds": 1.0},
+        pd.DataFrame({"digit": [0], "precision": [1.0]}),
+        {},
+        "run",
+    )
+    params = parse_params(small_params)
+    refit = params.with_overrides({"train.refit": True})
+    phrase = "on the training and validation images together"
+    assert phrase in render(run_params(refit), *args)
+    assert phrase not in render(run_params(params), *args)

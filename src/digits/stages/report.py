@@ -77,7 +77,8 @@ def render(
         f"**Test accuracy {accuracy:.2%}** ({metrics[TEST_ERRORS]} errors), "
         f"test loss {metrics[TEST_LOSS]:.4f}; model `{params['model.type']}`, "
         f"{epochs} epochs (weights of epoch {selected}) in "
-        f"{train_metrics[TRAIN_SECONDS]:.0f} s. MLflow run `{run_id}`.",
+        f"{train_metrics[TRAIN_SECONDS]:.0f} s{REFIT_NOTE if params.get('train.refit') else ''}. "
+        f"MLflow run `{run_id}`.",
         prediction_line(shifts, metrics, train_metrics),
         "## Metrics",
         _table(
@@ -101,6 +102,13 @@ def render(
     if registry:
         parts += registry_section(registry, images)
     return "\n\n".join(parts) + "\n"
+
+
+# `train.refit`: `train.epochs` in the params below is what the validation run was allowed
+REFIT_NOTE = (
+    ", on the training and validation images together, for the epochs that a validation run "
+    "chose (`train.refit`; tag `refit.of` names that run)"
+)
 
 
 def prediction_line(shifts: int, metrics: dict[str, Any], train_metrics: dict[str, Any]) -> str:
