@@ -133,6 +133,7 @@ def test_missing_driver_is_one_line_naming_what_to_install(tmp_path: Path) -> No
     run_all(url, tmp_path, "pg8000", "pip install", "alice:***@127.0.0.1:5432/optuna")
 
 
+@pytest.mark.integration  # every command as its own process, ~6 s: `make test-integration`
 def test_refused_connection_is_one_line_naming_host_and_database(tmp_path: Path) -> None:
     port = free_port()
     url = f"postgresql://alice:secret@127.0.0.1:{port}/optuna"

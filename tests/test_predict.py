@@ -869,6 +869,7 @@ def test_display_name_escapes_what_a_terminal_would_obey() -> None:
     assert display_name("\u202eevil\u2028.png") == "\\u202eevil\\u2028.png"
 
 
+@pytest.mark.integration  # a predict process per locale, ~11 s: `make test-integration`
 def test_hostile_names_give_one_escaped_line_each_in_any_locale(
     tmp_path: Path, model_file: Path
 ) -> None:

@@ -389,6 +389,7 @@ def pg_storage() -> Any:
     drop_database(url)
 
 
+@pytest.mark.integration  # a sweep process on PostgreSQL: `make test-integration`
 def test_one_worker_on_postgresql_trains_in_the_launcher(
     project: Path, processed: Path, pg_storage: str, sweep_here: Callable[..., str]
 ) -> None:
