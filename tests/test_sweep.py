@@ -435,7 +435,9 @@ def test_a_running_trial_without_an_owner_does_not_stall_the_sweep(
 ) -> None:
     """Issue 26: a kill before a trial records its worker leaves it RUNNING without one; the
     sweep used to wait for it for ever. It is failed after two heartbeats and retried."""
-    check_ownerless_trial_is_retried(project, processed, sweep_here, None)
+    orphan, study, output = sweep_after_an_ownerless_trial(project, processed, sweep_here, None)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"], output
+    assert study.trials[1].user_attrs["retry_of"] == orphan
 
 
 @pytest.mark.integration  # a whole sweep process: `make test-integration`
@@ -443,20 +445,24 @@ def test_a_running_trial_without_an_owner_is_retried_on_postgresql(
     project: Path, processed: Path, pg_storage: str, sweep_here: Callable[..., str]
 ) -> None:
     """The same on PostgreSQL, where Optuna's heartbeat never saw the trial."""
-    check_ownerless_trial_is_retried(project, processed, sweep_here, pg_storage)
+    orphan, study, output = sweep_after_an_ownerless_trial(
+        project, processed, sweep_here, pg_storage
+    )
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"], output
+    assert study.trials[1].user_attrs["retry_of"] == orphan
 
 
-def check_ownerless_trial_is_retried(
+def sweep_after_an_ownerless_trial(
     project: Path, processed: Path, sweep_here: Callable[..., str], storage: str | None
-) -> None:
+) -> tuple[int, Any, str]:
+    """Leave a trial RUNNING with no worker (its process was killed), then sweep one trial;
+    returns the orphan's number, the study after the sweep and the sweep's output."""
     edit_params(project / "params.yaml", {"sweep.heartbeat": 1})
-    orphan = load(project, storage).ask()  # RUNNING, no `worker`: its process was killed
+    orphan = load(project, storage).ask()
     args = ["--n-trials", "1", "--timeout", "120"]  # bounded: the old code waited until then
     args += ["--storage", storage] if storage else []
     output = sweep_here(*sweep_args(project, processed, *args))
-    study = load(project, storage)
-    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"], output
-    assert study.trials[1].user_attrs["retry_of"] == orphan.number
+    return orphan.number, load(project, storage), output
 
 
 def test_checkpoints_of_ended_trials_are_removed_by_the_next_run(
