@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -255,20 +254,15 @@ def commands(rungs: Sequence[Rung]) -> str:
 
 def report(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
     """`reports/ladder.md`: machine, date, the table and the commands."""
-    from importlib.metadata import version
-
-    cpu = f" ({name})" if (name := provenance.cpu_model()) else ""
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores{cpu}, {platform.system()}"
     return f"""# The accuracy ladder
 
 Real MNIST test accuracy of the course notes' classic configurations, each trained by the
 pipeline as a DVC experiment (50,000 training images; the kept epoch is selected on the 10,000
 validation images; a refit rung then trains on all 60,000). Training = `train/seconds`, the fit
-only (rows measured before 2f5e76c
-also count TensorFlow's import); exp run wall = the whole `dvc exp run` (TensorFlow start-up
-of three stages, training, evaluation, report).
+only (rows measured before 2f5e76c also count TensorFlow's import); exp run wall = the whole
+`dvc exp run` (TensorFlow start-up of three stages, training, evaluation, report).
 
-Machine: {machine}; TensorFlow {version("tensorflow")}. Written: {date.today().isoformat()}.
+Machine: {provenance.machine()}. Written: {date.today().isoformat()}.
 Command: `MNIST_MIRROR=../shared/data/mnist make ladder` (`bench/ladder.yaml` holds the rungs).
 
 {table(rungs, results)}
