@@ -155,3 +155,39 @@ def test_each_shuffle_comparison_gets_both_orders_seed_by_seed(tmp_path: Path) -
     )
     assert "### cnn" not in section
     assert "- reports/bench/shuffle.json: cnn\n" in page.split("## Not on this page")[1]
+
+
+def lever_runs(val: list[float], best: list[float], seconds: list[float]) -> list[dict]:
+    return [
+        {"seed": 42 + i, "val": v, "best_val": b, "best_epoch": 10 + i, "seconds": s}
+        for i, (v, b, s) in enumerate(zip(val, best, seconds, strict=True))
+    ]
+
+
+def test_each_lever_gets_its_recipe_without_and_with_it_seed_by_seed(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    entry = {
+        "lever": "EMA of the weights, momentum 0.99",
+        "set": {"train.epochs": 12},
+        "runs": {
+            "without": lever_runs([0.9938, 0.9944, 0.9941], [0.994, 0.9944, 0.9942], [61, 60, 62]),
+            "with": lever_runs([0.9941, 0.9939, 0.9936], [0.9942, 0.9939, 0.9937], [66, 62, 65]),
+        },
+    }
+    again = "python bench/levers.py --lever ema --name ema"
+    levers = {
+        "ema": entry | {"provenance": {"command": again, **ORIGIN}},
+        "elastic": entry | {"provenance": {"machine": "x86_64"}},
+    }
+    (root / "reports" / "bench" / "levers.json").write_text(json.dumps(levers))
+    page = benchpage.render(root)
+    section = page.split("## Levers tried on validation")[1].split("## Not on this page")[0]
+    assert "### ema\n\nSettings: `train.epochs=12`; seeds 42, 43, 44." in section
+    assert (
+        "| without | 99.38%, 99.44%, 99.41% | 99.40% (10), 99.44% (11), 99.42% (12) "
+        "| 99.41% | 99.42% | 61 s |"
+    ) in section
+    assert "| EMA of the weights, momentum 0.99 | 99.41%, 99.39%, 99.36% |" in section
+    assert f"Command: `{again}`" in section
+    assert "### elastic" not in section
+    assert "- reports/bench/levers.json: elastic\n" in page.split("## Not on this page")[1]

@@ -3,7 +3,9 @@ sections of the results files keyed by name, one entry per measurement:
 
 - reports/bench/timed.json (`bench timed`): a command's wall time over a few runs;
 - reports/bench/shuffle.json (bench/per_epoch_shuffle.py): Keras's one repeated order against
-  a fresh order each epoch, seed by seed.
+  a fresh order each epoch, seed by seed;
+- reports/bench/levers.json (bench/levers.py): a training lever against the same recipe without
+  it, seed by seed, on validation only.
 
 An entry without its command, machine and day is left off and named.
 """
@@ -22,7 +24,7 @@ from digits.tools.bench.entries import read_entries
 from digits.tools.bench.timed import Timed
 from digits.tools.provenance import Provenance
 
-NAMED = ("timed.json", "shuffle.json")  # under reports/bench/, one entry per name
+NAMED = ("timed.json", "shuffle.json", "levers.json")  # under reports/bench/, one entry per name
 ORDERS = {
     "keras_order": "Keras's shuffle: one order, repeated every epoch",
     "fresh_order": "a fresh order each epoch",
@@ -160,6 +162,49 @@ one process (`bench/per_epoch_shuffle.py`). Validation decides; test is reported
     return Section(text, left_out)
 
 
+def lever_table(name: str, entry: Mapping[str, Any], found: Provenance) -> str:
+    """One lever: the recipe without and with it, seed by seed, and their medians."""
+    runs = entry["runs"]
+    seeds = ", ".join(str(r["seed"]) for r in runs["without"])
+    rows = []
+    for key, label in (("without", "without"), ("with", entry["lever"])):
+        rs = runs[key]
+        best = ", ".join(f"{100 * r['best_val']:.2f}% ({r['best_epoch']})" for r in rs)
+        medians = [statistics.median(r[k] for r in rs) for k in ("val", "best_val", "seconds")]
+        rows.append(
+            f"| {cell(label)} | {percents([r['val'] for r in rs])} | {best} "
+            f"| {100 * medians[0]:.2f}% | {100 * medians[1]:.2f}% | {medians[2]:.0f} s |"
+        )
+    settings = ", ".join(f"`{k}={v}`" for k, v in entry.get("set", {}).items())
+    return f"""### {name}
+
+Settings: {settings or "params.yaml as committed"}; seeds {seeds}.
+
+| variant | last epoch, per seed | best (epoch), per seed | median last | median best | median fit |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+{origin(found)}
+"""
+
+
+def levers_section(root: Path) -> Section:
+    """Levers tried against a recipe without them, one table per comparison."""
+    entries, left_out = with_origin(root, "levers.json")
+    if not entries:
+        return Section("", left_out)
+    tables = [lever_table(name, entry, found) for name, (entry, found) in entries.items()]
+    text = """## Levers tried on validation
+
+A training lever against the same recipe without it, alternating on the same seeds in one
+process (`bench/levers.py`). A lever is kept or dropped on validation; the test set is not
+read. Validation accuracy of the last epoch and of the best one (what early stopping with
+`restore_best_weights` would keep); every fit runs all its epochs.
+
+""" + "\n".join(tables)
+    return Section(text, left_out)
+
+
 def named_sections(root: Path) -> list[Section]:
     """The sections of the results files keyed by name."""
-    return [timed_section(root), shuffle_section(root)]
+    return [timed_section(root), shuffle_section(root), levers_section(root)]
