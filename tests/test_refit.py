@@ -70,6 +70,46 @@ def test_refit_trains_on_train_and_val_for_the_epochs_the_validation_run_chose(
     assert {"epoch", "train/loss", "train/accuracy", "val/loss", "val/accuracy"} <= set(written)
 
 
+def test_a_resumed_refit_does_not_run_its_validation_again_unless_params_changed(
+    tmp_path: Path, mirror, processed: Path, store_template: Path
+) -> None:
+    import mlflow
+
+    from digits.lib.environment import Environment
+    from digits.lib.tracking.provenance import REFIT_OF
+    from digits.lib.tracking.store import setup
+    from digits.stages.train import train
+
+    _, hashes = mirror
+    raw = shrink(real_params(), hashes, ["x"])
+    raw["train"].update(epochs=3, patience=2, refit=True, resume=True, learning_rate=0.05)
+    params = parse_params(raw)
+    splits = load_splits(processed, ("train", "val"))
+    saved = tmp_path / "checkpoint.npz"
+    setup(MLflowConfig(), fresh_store(tmp_path, store_template).parent, Environment.read())
+    try:
+
+        def fit(p):  # the stage removes the checkpoint once its outputs are written; not train()
+            return train(p, splits["train"], splits["val"], processed, tmp_path, None, None, saved)
+
+        first = fit(params)
+        again = fit(params)  # as after a kill once the refit saved its last epoch
+        changed = fit(params.with_overrides({"train.learning_rate": 0.04}))
+        client = mlflow.MlflowClient()
+        runs = client.search_runs([client.get_run(first.run_id).info.experiment_id])
+        resumed = client.get_run(again.run_id)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    choosers = [r for r in runs if r.info.run_name.endswith("-validation")]
+    assert again.run_id == first.run_id  # the refit reopened, not a new one
+    assert "resumed_after_epochs" in resumed.data.tags
+    assert len(choosers) == 2  # the first refit's and the changed one's; none for the resume
+    assert resumed.data.tags[REFIT_OF] in {r.info.run_id for r in choosers}
+    assert changed.run_id != first.run_id
+    assert client.get_run(changed.run_id).data.tags[REFIT_OF] != resumed.data.tags[REFIT_OF]
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "message"),
     [

@@ -91,17 +91,34 @@ def save(path: Path, state: State) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load(path: Path, wanted: dict[str, Any]) -> State | None:
-    """The checkpoint at `path` if it can be resumed, else None with a warning saying why."""
+def _read(path: Path, arrays: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """A checkpoint's metadata and (if `arrays`) its arrays; None when there is no file or it
+    is unreadable (with a warning)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
-            arrays = {name: z[name] for name in z.files if name != "meta"}
+            found = {name: z[name] for name in z.files if name != "meta"} if arrays else {}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         log.warning("checkpoint %s is unreadable (%s): starting afresh", path, err)
         return None
+    return meta, found
+
+
+def saved_run(path: Path) -> str | None:
+    """The MLflow run the checkpoint at `path` was saved by; None when there is none."""
+    read = _read(path, arrays=False)
+    run_id = read[0].get("run_id") if read else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def load(path: Path, wanted: dict[str, Any]) -> State | None:
+    """The checkpoint at `path` if it can be resumed, else None with a warning saying why."""
+    read = _read(path)
+    if read is None:
+        return None
+    meta, arrays = read
     if meta["identity"] != wanted:
         changed = "; ".join(differences(meta["identity"], wanted))
         log.warning(

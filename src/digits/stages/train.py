@@ -89,8 +89,8 @@ def train(
 
     With `train.refit`, that run (named `<name>-validation`, no model logged) only chooses the
     epochs: a second run trains on train + val for as many epochs as it selected, from the same
-    seed, and is the one returned and written. Only the refit resumes; a kill during the
-    validation run starts it again."""
+    seed, and is the one returned and written. A refit killed after an epoch resumes without
+    its validation run again; a kill during the validation run starts that again."""
     env = env or Environment()
     context = Context(
         data_path, root, file_digest(data_path / "train.npz", data_path / "val.npz"), env
@@ -101,15 +101,53 @@ def train(
 
     from digits.lib.tracking.provenance import REFIT_BY, REFIT_OF
 
-    chosen = tracked_fit(params, train, val, context, chooses_only=True)
-    epochs = int(chosen.metrics[SELECTED_EPOCH])
+    chooser = chosen_before(params, context, checkpoint_path)
+    if chooser is None:
+        chosen = tracked_fit(params, train, val, context, chooses_only=True)
+        chooser = chosen.run_id, int(chosen.metrics[SELECTED_EPOCH])
+    chooser_id, epochs = chooser
     refit = params.with_overrides({"train.epochs": epochs, "train.patience": 0})
     result = tracked_fit(
         refit, train + val, None, context, outputs, experiment_id, checkpoint_path,
-        tags={REFIT_OF: chosen.run_id},
+        tags={REFIT_OF: chooser_id},
     )  # fmt: skip
-    mlflow.MlflowClient().set_tag(chosen.run_id, REFIT_BY, result.run_id)
+    mlflow.MlflowClient().set_tag(chooser_id, REFIT_BY, result.run_id)
     return result
+
+
+def chosen_before(
+    params: Params, context: Context, checkpoint_path: Path | None
+) -> tuple[str, int] | None:
+    """The validation run, and the epochs it chose, of a killed refit this one will resume:
+    the checkpoint's run is a refit whose validation run finished from these very params and
+    data. None when there is no such refit to resume."""
+    if checkpoint_path is None or not params.train.resume:
+        return None
+    saved = checkpoint.saved_run(checkpoint_path)
+    if saved is None:
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from digits.lib.config.runparams import run_params
+    from digits.lib.tracking.provenance import REFIT_OF
+
+    client = mlflow.MlflowClient()
+    try:
+        chooser = client.get_run(client.get_run(saved).data.tags[REFIT_OF])
+    except (MlflowException, KeyError):
+        return None
+    # as mlflow.log_params has them (the run's parameter count is logged beside them)
+    same = all(chooser.data.params.get(k) == str(v) for k, v in run_params(params).items())
+    if (
+        chooser.info.status != "FINISHED"
+        or not same
+        or chooser.data.tags.get("data.sha256") != context.digest
+        or SELECTED_EPOCH not in chooser.data.metrics
+    ):
+        return None
+    log.info("resuming a refit: its validation run %s chose its epochs", chooser.info.run_id)
+    return chooser.info.run_id, int(chooser.data.metrics[SELECTED_EPOCH])
 
 
 def tracked_fit(
@@ -149,7 +187,7 @@ def tracked_fit(
             mlflow.set_tags(context_tags(context.root, context.digest, context.env))
             source = context.data_path / "train.npz" if val is not None else context.data_path
             log_dataset(train.x, train.y, source, context.digest, "training")
-        mlflow.set_tags(tags or {})  # on a resume too: the validation run ran again
+        mlflow.set_tags(tags or {})
         model, history, metrics = fit_logged(params, train, val, checkpoint=checkpointer)
         with reporting_disk_full(runs.artifact_dir(run)):
             mlflow.log_table(history, artifact_file="history.json")
