@@ -234,6 +234,43 @@ def test_a_rung_records_the_dvc_command_it_ran(monkeypatch: pytest.MonkeyPatch) 
     assert found.date == date.today().isoformat() and "CPU cores" in found.machine
 
 
+def test_a_refit_rung_takes_only_validation_accuracy_from_its_validation_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from digits.lib.tracking.provenance import REFIT_OF
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    rung = ladder.Rung(name="refit", reference=99.7, set={"train.refit": True})
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("mnist")
+
+    def finished(metrics: dict[str, float], tags: dict[str, str]) -> str:
+        run = client.create_run(experiment, tags=tags)
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    chooser = finished(
+        {"selected/val_accuracy": 0.9952, "selected/epoch": 33, "train/epochs": 36,
+         "train/seconds": 372.0, "train/peak_memory_mb": 1500},
+        {},
+    )  # fmt: skip
+    refit = finished(
+        {"test/accuracy": 0.9961, "selected/epoch": 33, "train/epochs": 33,
+         "train/seconds": 313.0},
+        {"dvc.exp_name": rung.exp_name, REFIT_OF: chooser},
+    )  # fmt: skip
+    result = ladder.rung_result(rung, "mnist")
+    assert result["run_id"] == refit and result["validation_run_id"] == chooser
+    assert result["val_accuracy"] == pytest.approx(99.52)
+    assert (result["epochs"], result["seconds"], result["validation_seconds"]) == (33, 313, 372)
+    assert result["peak_memory_mb"] is None  # the refit logged none: not the validation run's
+
+
 def test_the_sweep_command_writes_each_variant_under_its_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

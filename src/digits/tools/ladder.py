@@ -135,7 +135,7 @@ def rung_result(rung: Rung, experiment: str) -> dict[str, Any]:
     refit = {}
     if chooser := runs[0].data.tags.get(REFIT_OF):  # train.refit: val is the chooser's
         chosen = client.get_run(chooser).data.metrics
-        metrics = {**chosen, **metrics}
+        metrics = {**metrics, SELECTED_VAL_ACCURACY: chosen[SELECTED_VAL_ACCURACY]}
         refit = {"validation_run_id": chooser, "validation_seconds": chosen[TRAIN_SECONDS]}
     return {
         "accuracy": 100 * metrics[TEST_ACCURACY],
