@@ -70,7 +70,7 @@ def test_refit_trains_on_train_and_val_for_the_epochs_the_validation_run_chose(
     assert {"epoch", "train/loss", "train/accuracy", "val/loss", "val/accuracy"} <= set(written)
 
 
-def test_a_resumed_refit_does_not_run_its_validation_again_unless_params_changed(
+def test_a_resumed_refit_does_not_run_its_validation_again_unless_it_must(
     tmp_path: Path, mirror, processed: Path, store_template: Path
 ) -> None:
     import mlflow
@@ -88,26 +88,32 @@ def test_a_resumed_refit_does_not_run_its_validation_again_unless_params_changed
     saved = tmp_path / "checkpoint.npz"
     setup(MLflowConfig(), fresh_store(tmp_path, store_template).parent, Environment.read())
     try:
-
-        def fit(p):  # the stage removes the checkpoint once its outputs are written; not train()
-            return train(p, splits["train"], splits["val"], processed, tmp_path, None, None, saved)
-
-        first = fit(params)
-        again = fit(params)  # as after a kill once the refit saved its last epoch
-        changed = fit(params.with_overrides({"train.learning_rate": 0.04}))
         client = mlflow.MlflowClient()
-        runs = client.search_runs([client.get_run(first.run_id).info.experiment_id])
-        resumed = client.get_run(again.run_id)
+
+        def chooser_of(p):  # the stage removes the checkpoint once its outputs are written
+            run_id = train(p, splits["train"], splits["val"], processed, tmp_path, None, None,
+                           saved).run_id  # fmt: skip
+            return run_id, client.get_run(run_id).data.tags[REFIT_OF]
+
+        first, chose = chooser_of(params)
+        again = chooser_of(params)  # as after a kill once the refit saved its last epoch
+        resumed = client.get_run(first).data.tags
+        client.delete_run(chose)  # in the UI
+        after_delete = chooser_of(params)
+        changed = chooser_of(params.with_overrides({"train.learning_rate": 0.04}))
+        choosers = client.search_runs(
+            [client.get_run(first).info.experiment_id],
+            filter_string="attributes.run_name LIKE '%-validation'",
+            run_view_type=mlflow.entities.ViewType.ALL,
+        )
     finally:
         mlflow.set_tracking_uri(None)
 
-    choosers = [r for r in runs if r.info.run_name.endswith("-validation")]
-    assert again.run_id == first.run_id  # the refit reopened, not a new one
-    assert "resumed_after_epochs" in resumed.data.tags
-    assert len(choosers) == 2  # the first refit's and the changed one's; none for the resume
-    assert resumed.data.tags[REFIT_OF] in {r.info.run_id for r in choosers}
-    assert changed.run_id != first.run_id
-    assert client.get_run(changed.run_id).data.tags[REFIT_OF] != resumed.data.tags[REFIT_OF]
+    assert again == (first, chose)  # the refit reopened, with the epochs chosen before
+    assert "resumed_after_epochs" in resumed
+    assert after_delete[0] == first and after_delete[1] != chose  # chosen again, then resumed
+    assert changed[0] != first and changed[1] not in {chose, after_delete[1]}
+    assert len(choosers) == 3  # the first, the one after the delete, the changed params'
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,7 @@ def chosen_before(
     from mlflow.exceptions import MlflowException
 
     from digits.lib.config.runparams import run_params
-    from digits.lib.tracking.provenance import REFIT_OF
+    from digits.lib.tracking.provenance import DATA_DIGEST, REFIT_OF
 
     client = mlflow.MlflowClient()
     try:
@@ -141,8 +141,9 @@ def chosen_before(
     same = all(chooser.data.params.get(k) == str(v) for k, v in run_params(params).items())
     if (
         chooser.info.status != "FINISHED"
+        or chooser.info.lifecycle_stage != "active"  # deleted in the UI: choose again
         or not same
-        or chooser.data.tags.get("data.sha256") != context.digest
+        or chooser.data.tags.get(DATA_DIGEST) != context.digest
         or SELECTED_EPOCH not in chooser.data.metrics
     ):
         return None

@@ -12,6 +12,7 @@ import mlflow
 
 from digits.lib.environment import Environment
 
+DATA_DIGEST = "data.sha256"  # the tag of the sha256 of the training and validation files
 # the two runs of `train.refit` name each other
 REFIT_OF = "refit.of"  # on the refit: the validation run that chose its epochs
 REFIT_BY = "refit.by"  # on that validation run: the refit trained after it
@@ -37,7 +38,7 @@ def git_commit(root: Path) -> str | None:
 
 def context_tags(root: Path, data_digest: str, env: Environment) -> dict[str, str]:
     """Tags that tie a run to its code, data and DVC experiment."""
-    tags = {"data.sha256": data_digest}
+    tags = {DATA_DIGEST: data_digest}
     if commit := git_commit(root):
         tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
         tags["git.commit"] = commit
