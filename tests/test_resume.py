@@ -143,6 +143,43 @@ def test_kill_9_after_epoch_k_resumes_bit_identical(tmp_path: Path, mirror, proc
     assert results(run) == results(reference_run)
 
 
+@pytest.mark.integration
+def test_kill_9_during_a_refit_resumes_it_without_its_validation_run_again(
+    tmp_path: Path, mirror, processed
+) -> None:
+    """The refit alone checkpoints, so the kill lands in it: the rerun takes the epochs from
+    the finished validation run and resumes the refit's own MLflow run."""
+    from digits.lib.tracking.provenance import REFIT_BY, REFIT_OF
+
+    _, hashes = mirror
+    killed = workspace(tmp_path / "killed", hashes, epochs=8, batch_size=32, refit=True)
+    env = stage_env()
+    victim = subprocess.Popen(stage_args(processed), cwd=killed, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def checkpointed() -> bool:
+        assert victim.poll() is None, "the victim ended before the refit wrote a checkpoint"
+        return (killed / CHECKPOINT).exists()
+
+    wait_until(checkpointed, 300, "the refit's first checkpoint", interval=0.005)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    resumed = subprocess.run(stage_args(processed), cwd=killed, env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming a refit: its validation run" in resumed.stderr
+
+    c = client(killed)
+    runs = c.search_runs([c.get_experiment_by_name("mnist").experiment_id])
+    (chooser,) = [r for r in runs if r.info.run_name.endswith("-validation")]
+    (refit,) = [r for r in runs if r is not chooser]
+    assert refit.data.tags[REFIT_OF] == chooser.info.run_id
+    assert c.get_run(chooser.info.run_id).data.tags[REFIT_BY] == refit.info.run_id
+    assert refit.info.status == "FINISHED" and "resumed_after_epochs" in refit.data.tags
+    trained = len((killed / "reports/history.csv").read_text().splitlines()) - 1
+    assert trained == int(chooser.data.metrics["selected/epoch"])
+
+
 # --- the checkpoint file: what is and is not resumed (fast, no TensorFlow) ---------------------
 
 
