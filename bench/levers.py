@@ -8,11 +8,10 @@ validation, and the test set stays untouched.
 Levers:
 - `ema`: Keras's exponential moving average of the weights (`use_ema=True`, `--momentum`).
   `keras.callbacks.SwapEMAWeights` validates the average, and the average is the model kept.
-- `elastic`: elastic distortion of each training image (Simard et al. 2003): a uniform random
-  displacement field per image, smoothed by a Gaussian of `--sigma` pixels, times `--alpha`,
-  then bilinear resampling. It is applied to the batches, before the model's own augmentation
-  layers. Keras's `RandomElasticTransform` is not used: inside a traced model it draws one
-  field for the whole batch, and the same noise for both axes.
+- `elastic`: elastic distortion of each training image (`digits.lib.elastic`, `--alpha`,
+  `--sigma`), applied to the batches before the model's own augmentation layers, each batch's
+  fields drawn from a generator seeded with `train.seed` (the train stage keys them by epoch
+  and batch instead: `model.augment.elastic`).
 
 `--set` takes dotted params.yaml keys (values as YAML), like `dvc exp run -S`. The result, with
 its command, machine and day, is merged under `--name` into reports/bench/levers.json
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -38,6 +36,7 @@ import yaml
 from digits.lib.batches import epoch_batches, steps_per_epoch
 from digits.lib.config import load_params
 from digits.lib.data import Split, load_splits
+from digits.lib.elastic import elastic
 from digits.lib.models import STEPS_PER_EXECUTION, build_model, compile_model
 from digits.lib.training import image_shape
 from digits.tools import provenance
@@ -62,56 +61,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """A normalised 1-D Gaussian out to 3 sigma."""
-    t = np.arange(-math.ceil(3 * sigma), math.ceil(3 * sigma) + 1, dtype=np.float32)
-    kernel = np.exp(-(t**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
-
-
-def elastic(x: tf.Tensor, alpha: float, sigma: float, key: tf.Tensor, side: int) -> tf.Tensor:
-    """Each flattened `side` x `side` image of `x` under its own smooth random displacement."""
-    n = tf.shape(x)[0]
-    field = tf.random.stateless_uniform((n, side, side, 2), key, -1.0, 1.0)
-    kernel = tf.constant(gaussian_kernel(sigma))
-    for shape in ((-1, 1, 1, 1), (1, -1, 1, 1)):  # separable: rows, then columns
-        field = tf.nn.depthwise_conv2d(
-            field, tf.tile(tf.reshape(kernel, shape), (1, 1, 2, 1)), (1, 1, 1, 1), "SAME"
-        )
-    grid = tf.range(side, dtype=tf.float32)
-    rows = grid[:, None] + alpha * field[..., 0]  # where each output pixel reads from
-    cols = grid[None, :] + alpha * field[..., 1]
-    return tf.reshape(bilinear(tf.reshape(x, (n, side, side)), rows, cols), (n, side * side))
-
-
-def bilinear(images: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
-    """`images` (n, side, side) read at fractional `rows` and `cols` (n, side, side), black
-    outside the image. (Keras's `map_coordinates` needs a static batch size, which an epoch's
-    last, partial batch does not have.)"""
-    n, side = tf.shape(images)[0], tf.shape(images)[1]
-    flat = tf.reshape(images, (-1,))
-    image = tf.reshape(tf.range(n), (-1, 1, 1)) * side * side
-    top, left = tf.floor(rows), tf.floor(cols)
-    out = tf.zeros_like(rows)
-    for r in (top, top + 1):
-        for c in (left, left + 1):
-            weight = (1 - tf.abs(rows - r)) * (1 - tf.abs(cols - c))
-            inside = (r >= 0) & (r < tf.cast(side, tf.float32)) & (c >= 0)
-            inside &= c < tf.cast(side, tf.float32)
-            index = image + tf.cast(r, tf.int32) * side + tf.cast(c, tf.int32)
-            pixel = tf.gather(flat, tf.where(inside, index, 0))
-            out += tf.where(inside, pixel * weight, 0.0)
-    return out
-
-
-def distorted(batches: tf.data.Dataset, args: argparse.Namespace, seed: int, side: int):
+def distorted(batches: tf.data.Dataset, args: argparse.Namespace, seed: int):
     """The batches with `elastic` applied, each batch's field drawn from a seeded generator
     (a sequential map, so a rerun draws the same fields)."""
     generator = tf.random.Generator.from_seed(seed)
 
     def distort(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         key = generator.make_seeds(1)[:, 0]
-        return elastic(x, args.alpha, args.sigma, key, side), y
+        return elastic(x, args.alpha, args.sigma, key), y
 
     return batches.map(distort).prefetch(tf.data.AUTOTUNE)
 
@@ -125,7 +82,7 @@ def show(args: argparse.Namespace, train: Split, path: Path) -> None:
 
     side = image_shape(train.x.shape[1])[0]
     x = tf.constant(train.x[:8])
-    rows = [x] + [elastic(x, args.alpha, args.sigma, tf.constant([k, 0]), side) for k in (1, 2, 3)]
+    rows = [x] + [elastic(x, args.alpha, args.sigma, tf.constant([k, 0])) for k in (1, 2, 3)]
     fig, axes = plt.subplots(len(rows), 8, figsize=(8, len(rows)))
     for row, images in zip(axes, rows, strict=True):
         for ax, image in zip(row, np.asarray(images), strict=True):
@@ -164,7 +121,7 @@ def run(
         model = with_ema(model, args.momentum)
         callbacks.append(keras.callbacks.SwapEMAWeights())
     if on and args.lever == "elastic":
-        batches = distorted(batches, args, seed, shape[0])
+        batches = distorted(batches, args, seed)
     started = time.perf_counter()
     history = model.fit(
         batches,

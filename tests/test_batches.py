@@ -64,7 +64,8 @@ def test_fit_sees_every_row_once_an_epoch_in_a_new_order(
 
     pulled: list[list[int]] = []
 
-    def spy(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Any:
+    def spy(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, elastic: Any) -> Any:
+        assert elastic is None  # no distortion configured
         rows = np.arange(len(x), dtype=np.float32)[:, None]  # each row's index, as a feature
         dataset, order = epoch_batches(np.hstack([x, rows]), y, batch_size, seed)
 
@@ -96,3 +97,64 @@ def test_fit_sees_every_row_once_an_epoch_in_a_new_order(
     assert len(history) == 3 and len(pulled) == 3
     assert all(sorted(rows) == list(range(n)) for rows in pulled)  # each row once an epoch
     assert len({tuple(rows) for rows in pulled}) == 3  # each epoch in its own order
+
+
+# --- elastic distortion (model.augment.elastic) -----------------------------------------------
+
+
+def distorted(seed: int, epochs: range, n: int = 20, batch: int = 8) -> list[np.ndarray]:
+    """Each epoch's distorted images, in order, of `n` copies of one thick stroke."""
+    stroke = np.zeros((28, 28), np.float32)
+    stroke[6:22, 12:16] = 1.0
+    x = np.repeat(stroke.reshape(1, 784), n, axis=0)
+    dataset, order = epoch_batches(x, np.zeros((n, 1), np.float32), batch, seed, (34.0, 4.0))
+    seen = []
+    for epoch in epochs:
+        order.on_epoch_begin(epoch)
+        seen.append(np.concatenate([xb.numpy() for xb, _ in dataset]))
+    return seen
+
+
+def test_elastic_distortion_moves_each_image_its_own_way_and_reruns_alike() -> None:
+    first, second = distorted(seed=3, epochs=range(2))
+    assert len({image.tobytes() for image in first}) == 20  # a field per image, not per batch
+    assert not np.array_equal(first, second)  # new fields each epoch
+    assert first.min() >= 0.0 and first.max() <= 1.0
+    ink = 16 * 4
+    assert np.all(np.abs(first.sum(axis=1) - ink) < 0.5 * ink)  # moved and stretched, not lost
+    again = distorted(seed=3, epochs=range(2))
+    assert np.array_equal(again[0], first) and np.array_equal(again[1], second)
+    # a resume at epoch 1 distorts as the uninterrupted run did
+    assert np.array_equal(distorted(seed=3, epochs=range(1, 2))[0], second)
+    assert not np.array_equal(distorted(seed=4, epochs=range(1))[0], first)
+
+
+def test_elastic_distortion_at_alpha_zero_is_the_identity() -> None:
+    import tensorflow as tf
+
+    from digits.lib.elastic import elastic
+
+    x = tf.constant(np.random.default_rng(0).random((4, 784), np.float32))
+    assert np.allclose(elastic(x, 0.0, 4.0, tf.constant([1, 2], tf.int64)).numpy(), x.numpy())
+
+
+def test_fit_with_elastic_distortion_learns_and_repeats_per_seed(mirror, processed: Path) -> None:
+    from digits.lib import training
+    from digits.lib.config import parse_params
+    from digits.lib.vocab import VAL_ACCURACY
+
+    _, hashes = mirror
+    raw = shrink(real_params(), hashes, ["x"])
+    raw["model"].update(type="cnn", augment={"elastic": 20, "elastic_sigma": 4})
+    raw["train"].update(epochs=3, patience=0, learning_rate=0.01)
+    params = parse_params(raw)
+    splits = load_splits(processed, ("train", "val"))
+
+    def history(p: Any) -> Any:
+        return training.fit(p.model, p.train, splits["train"], splits["val"], verbose=0)[1]
+
+    first, again = history(params), history(params)
+    plain = history(params.with_overrides({"model.augment.elastic": 0}))
+    assert first.equals(again)  # the same seed distorts the same way
+    assert not first.equals(plain)  # and the distortion reaches the model
+    assert first[VAL_ACCURACY].iloc[-1] > 0.3  # it still learns (chance: 0.1)

@@ -363,26 +363,3 @@ def test_a_timed_sweep_records_the_best_complete_trial_it_wrote(tmp_path: Path) 
         "1,COMPLETE,0.985,90,True\n"
     )
     assert timed.sweep_best(sweep, since=0.0) == timed.SweepBest(0.985, 1, 2)
-
-
-def test_the_elastic_lever_distorts_each_image_of_a_batch_its_own_way() -> None:
-    import importlib.util
-
-    import numpy as np
-    import tensorflow as tf
-
-    spec = importlib.util.spec_from_file_location("levers", ROOT / "bench" / "levers.py")
-    assert spec is not None and spec.loader is not None
-    levers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(levers)
-    digit = np.zeros((28, 28), np.float32)
-    digit[6:22, 12:16] = 1.0  # a thick "1"
-    batch = tf.constant(np.repeat(digit.reshape(1, 784), 8, axis=0))
-    key = tf.constant([7, 0], tf.int64)
-    traced = tf.function(lambda x: levers.elastic(x, 34.0, 4.0, key, 28),
-                         input_signature=[tf.TensorSpec((None, 784))])  # fmt: skip
-    out = traced(batch).numpy()  # as in training: the batch size unknown when traced
-    assert len({image.tobytes() for image in out}) == 8  # not one field for the whole batch
-    assert out.min() >= 0.0 and out.max() <= 1.0
-    assert np.all(np.abs(out.sum(axis=1) - digit.sum()) < 0.3 * digit.sum())  # moved, not lost
-    assert np.allclose(levers.elastic(batch, 0.0, 4.0, key, 28).numpy(), batch.numpy())

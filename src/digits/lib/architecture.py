@@ -32,7 +32,7 @@ def network(
 ) -> Any:
     """The layers from flattened images `x` to class probabilities: augmentation (training
     only), the family's hidden layers, a float32 softmax."""
-    x = _augment(x, cfg.augment, image_shape, layers) if cfg.augment.enabled else x
+    x = _augment(x, cfg.augment, image_shape, layers) if cfg.augment.layers else x
     if cfg.type == "mlp":
         x = _mlp(x, cfg.mlp, layers)
     elif cfg.type == "cnn":

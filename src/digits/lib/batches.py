@@ -37,10 +37,16 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def epoch_batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    seed: int,
+    elastic: tuple[float, float] | None = None,
 ) -> tuple[tf.data.Dataset, keras.callbacks.Callback]:
     """One epoch of `(x, y)` batches in the order of the epoch that `EpochOrder`, the callback
-    returned with it, last began; pass both to `fit`."""
+    returned with it, last began; pass both to `fit`. With `elastic` (alpha, sigma), each image
+    is distorted (`digits.lib.elastic`), its field keyed by the seed, the epoch and the batch:
+    a resume sees the same distortions too."""
     import tensorflow as tf
 
     n = len(x)
@@ -52,15 +58,34 @@ def epoch_batches(
     def gather(rows: tf.Tensor, arrays: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         return tf.gather(arrays[0], rows), tf.gather(arrays[1], rows)
 
+    def gather_distorted(
+        numbered: tuple[tf.Tensor, tf.Tensor], arrays: tuple[tf.Tensor, tf.Tensor]
+    ) -> tuple[tf.Tensor, ...]:
+        from digits.lib.elastic import elastic as distort
+
+        assert elastic is not None
+        batch, rows = numbered
+        # a key of each batch's own, not (seed, epoch) itself, which is the shuffle's
+        key = tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.constant(seed, tf.int64), epoch]), batch
+        )
+        images, labels = gather(rows, arrays)
+        return distort(images, *elastic, key), labels
+
     indices = tf.data.Dataset.range(1).flat_map(batched)
     # the arrays enter as one repeated element, not as constants of the pipeline's graph (as
     # Keras's own array adapter does): a graph holding 150 MB of constants is slow to build
     arrays = tf.data.Dataset.from_tensors((x, y)).repeat()
-    dataset = tf.data.Dataset.zip((indices, arrays)).map(
-        gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    if elastic is None:
+        pairs = tf.data.Dataset.zip((indices, arrays)).map(
+            gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+    else:
+        pairs = tf.data.Dataset.zip((indices.enumerate(), arrays)).map(
+            gather_distorted, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     # a known length: Keras then counts an epoch's batches instead of running to the end
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps_per_epoch(n, batch_size)))
+    dataset = pairs.apply(tf.data.experimental.assert_cardinality(steps_per_epoch(n, batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE), epoch_callback(epoch)
 
 

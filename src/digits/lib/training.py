@@ -90,7 +90,9 @@ def fit(
         # epoch is logged only once it is saved: a resume never logs it twice)
         standard.append(checkpoint.callback(stopping))
     if checkpoint is None or checkpoint.remaining(train_cfg.epochs):
-        batches, order = epoch_batches(train.x, train.y, train_cfg.batch_size, train_cfg.seed)
+        batches, order = epoch_batches(
+            train.x, train.y, train_cfg.batch_size, train_cfg.seed, model_cfg.augment.elastic_field
+        )
         logs = model.fit(
             batches,
             validation_data=None if val is None else (val.x, val.y),

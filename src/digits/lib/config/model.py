@@ -132,7 +132,8 @@ class NumpyMLPConfig(Strict):
 
 class AugmentConfig(Strict):
     """Random distortions of each training batch (Keras preprocessing layers at the model's
-    input: active in `fit` only, identity at evaluation and prediction). All 0: off."""
+    input: active in `fit` only, identity at evaluation and prediction), and elastic distortion
+    of the batches themselves. All 0: off."""
 
     rotation: float = Field(
         default=0.0, ge=0, le=45, description="Degrees of random rotation, either way (0: off)."
@@ -153,11 +154,36 @@ class AugmentConfig(Strict):
         description="Whole pixels on each axis: pad-and-crop translation, no resampling so "
         "no blur (0: off).",
     )
+    elastic: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="Elastic distortion (Simard et al. 2003): the scale alpha, in pixels, of "
+        "each training image's own smooth random displacement field (0: off; 34 in the paper). "
+        "Applied to the training batches before the layers above, not part of the model.",
+    )
+    elastic_sigma: float = Field(
+        default=4.0,
+        gt=0,
+        le=10,
+        description="The smoothing of the elastic displacement field, in pixels: larger is "
+        "smoother and, at one alpha, gentler.",
+    )
+
+    @property
+    def layers(self) -> bool:
+        """Whether any of the model's augmentation layers is on."""
+        return bool(self.rotation or self.shift or self.zoom or self.crop)
 
     @property
     def enabled(self) -> bool:
         """Whether any distortion is on."""
-        return bool(self.rotation or self.shift or self.zoom or self.crop)
+        return self.layers or bool(self.elastic)
+
+    @property
+    def elastic_field(self) -> tuple[float, float] | None:
+        """Elastic distortion's (alpha, sigma); None when it is off."""
+        return (self.elastic, self.elastic_sigma) if self.elastic else None
 
 
 class ModelConfig(Strict):
