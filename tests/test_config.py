@@ -354,3 +354,12 @@ def test_a_field_without_a_description_is_named() -> None:
         section: Section = Field(default=Section(), description="A section.")
 
     assert configdoc.undocumented(Root) == ["section.untold"]
+
+
+def test_elastic_distortion_needs_a_smoothing_and_all_zero_is_off() -> None:
+    raw = real_params()
+    raw["model"]["augment"] = {k: 0 for k in raw["model"]["augment"]}
+    assert not parse_params(raw).model.augment.enabled  # every distortion 0: off
+    raw["model"]["augment"]["elastic"] = 17
+    with pytest.raises(ParamsError, match="elastic distortion needs elastic_sigma above 0"):
+        parse_params(raw)

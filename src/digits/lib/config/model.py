@@ -164,11 +164,17 @@ class AugmentConfig(Strict):
     )
     elastic_sigma: float = Field(
         default=4.0,
-        gt=0,
+        ge=0,
         le=10,
         description="The smoothing of the elastic displacement field, in pixels: larger is "
-        "smoother and, at one alpha, gentler.",
+        "smoother and, at one alpha, gentler (above 0 when `elastic` is on).",
     )
+
+    @model_validator(mode="after")
+    def _elastic_is_smoothed(self) -> AugmentConfig:
+        if self.elastic and not self.elastic_sigma:
+            raise ValueError("elastic distortion needs elastic_sigma above 0 (4 in the paper)")
+        return self
 
     @property
     def layers(self) -> bool:
