@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shlex
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,20 +146,31 @@ Settings: {settings or "params.yaml as committed"}; seeds {seeds}.
 """
 
 
-def shuffle_section(root: Path) -> Section:
-    """Keras's repeated order against a fresh one each epoch, one table per comparison."""
-    entries, left_out = with_origin(root, "shuffle.json")
+def tables_section(
+    root: Path, file: str, table: Callable[[str, Any, Provenance], str], heading: str
+) -> Section:
+    """`heading`, then one table per entry of a named results file that carries its origin."""
+    entries, left_out = with_origin(root, file)
     if not entries:
         return Section("", left_out)
-    tables = [shuffle_table(name, entry, found) for name, (entry, found) in entries.items()]
-    text = """## Per-epoch shuffle
+    tables = [table(name, entry, found) for name, (entry, found) in entries.items()]
+    return Section(heading + "\n".join(tables), left_out)
+
+
+def shuffle_section(root: Path) -> Section:
+    """Keras's repeated order against a fresh one each epoch, one table per comparison."""
+    return tables_section(
+        root,
+        "shuffle.json",
+        shuffle_table,
+        """## Per-epoch shuffle
 
 Keras's `fit(shuffle=True)` with a fixed seed trains every epoch in one order; the train stage
 draws a fresh order each epoch (`digits.lib.batches`). Both on the same seeds, alternating in
 one process (`bench/per_epoch_shuffle.py`). Validation decides; test is reported, not used.
 
-""" + "\n".join(tables)
-    return Section(text, left_out)
+""",
+    )
 
 
 def lever_table(name: str, entry: Mapping[str, Any], found: Provenance) -> str:
@@ -190,19 +201,19 @@ Settings: {settings or "params.yaml as committed"}; seeds {seeds}.
 
 def levers_section(root: Path) -> Section:
     """Levers tried against a recipe without them, one table per comparison."""
-    entries, left_out = with_origin(root, "levers.json")
-    if not entries:
-        return Section("", left_out)
-    tables = [lever_table(name, entry, found) for name, (entry, found) in entries.items()]
-    text = """## Levers tried on validation
+    return tables_section(
+        root,
+        "levers.json",
+        lever_table,
+        """## Levers tried on validation
 
 A training lever against the same recipe without it, alternating on the same seeds in one
 process (`bench/levers.py`). A lever is kept or dropped on validation; the test set is not
 read. Validation accuracy of the last epoch and of the best one (what early stopping with
 `restore_best_weights` would keep); every fit runs all its epochs.
 
-""" + "\n".join(tables)
-    return Section(text, left_out)
+""",
+    )
 
 
 def named_sections(root: Path) -> list[Section]:
