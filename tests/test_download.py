@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 import pytest
 
 from digits.lib.config import parse_params
-from digits.stages.download import MIRROR_ENV, DownloadError, download, sources
+from digits.lib.environment import Environment
+from digits.stages.download import DownloadError, download, sources
 
 from helpers import free_port
 
@@ -29,16 +30,16 @@ def config(params: dict, mirrors: list[str], local: str | None = None):
 
 def test_source_order(small_params) -> None:
     cfg = config(small_params, ["https://a/", "https://b/"], local="/param/folder")
-    assert sources(cfg, env={MIRROR_ENV: "/env/folder"}) == [
+    assert sources(cfg, Environment(mnist_mirror="/env/folder")) == [
         "/env/folder",
         "/param/folder",
         "https://a/",
         "https://b/",
     ]
-    assert sources(cfg, env={}) == ["/param/folder", "https://a/", "https://b/"]
+    assert sources(cfg, Environment()) == ["/param/folder", "https://a/", "https://b/"]
     # under DVC (also `dvc exp run --temp`), relative folders are the project's
     relative = config(small_params, ["https://a/"], local="mnist")
-    assert sources(relative, env={MIRROR_ENV: "../m", "DVC_ROOT": "/proj"}) == [
+    assert sources(relative, Environment.read({"MNIST_MIRROR": "../m", "DVC_ROOT": "/proj"})) == [
         "/proj/../m",
         "/proj/mnist",
         "https://a/",
@@ -51,7 +52,7 @@ def test_http_mirror_after_dead_ones(tmp_path: Path, small_params, mirror, http_
     dead = f"http://127.0.0.1:{free_port()}/"
     missing = http_mirror + "no-such-dir/"
     cfg = config(small_params, [dead, missing, http_mirror])
-    paths = download(cfg, tmp_path / "raw", env={})
+    paths = download(cfg, tmp_path / "raw", Environment())
     assert sorted(p.name for p in paths) == sorted(hashes)
     for path in paths:
         assert path.read_bytes() == gzip.decompress((folder / f"{path.name}.gz").read_bytes())
@@ -61,7 +62,7 @@ def test_http_mirror_after_dead_ones(tmp_path: Path, small_params, mirror, http_
 def test_env_mirror_is_used_first(tmp_path: Path, small_params, mirror) -> None:
     folder, hashes = mirror
     cfg = config(small_params, [f"http://127.0.0.1:{free_port()}/"])
-    download(cfg, tmp_path / "raw", env={MIRROR_ENV: str(folder)})
+    download(cfg, tmp_path / "raw", Environment(mnist_mirror=str(folder)))
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(hashes)
 
 
@@ -80,7 +81,7 @@ def test_corrupt_mirror_leaves_nothing_and_names_everything(
     cfg = config(small_params, [str(bad), dead])
     out = tmp_path / "raw"
     with pytest.raises(DownloadError) as err:
-        download(cfg, out, env={})
+        download(cfg, out, Environment())
     message = str(err.value)
     assert "could not get t10k-images-idx3-ubyte" in message
     assert str(bad) in message and dead in message
@@ -151,7 +152,7 @@ def test_every_http_fault_falls_through_to_the_next_mirror(
     small_params["download"].update(retries=1, timeout=0.5)  # /slow/ answers after 3 s
     cfg = config(small_params, [*bad, f"{faulty_mirror}/ok/"])
     out = tmp_path / "raw"
-    download(cfg, out, env={})
+    download(cfg, out, Environment())
     assert sorted(p.name for p in out.iterdir()) == sorted(hashes)
     assert FaultyMirror.hits["e500"] == 2 * len(hashes), "one retry per file"
     # a back-off before each retry of a request error (500, timeout, cut); a wrong page is
@@ -167,7 +168,7 @@ def test_all_mirrors_failing_names_the_file_the_mirrors_and_what_to_do(
     small_params["download"].update(retries=0, timeout=1)
     out = tmp_path / "raw"
     with pytest.raises(DownloadError) as err:
-        download(config(small_params, bad), out, env={})
+        download(config(small_params, bad), out, Environment())
     message = str(err.value)
     assert re.match(r"could not get (train|t10k)-(images|labels)-idx[13]-ubyte \(sha256", message)
     assert all(url in message for url in bad)
@@ -195,7 +196,7 @@ def test_an_endless_response_is_cut_off_at_the_cap_and_the_next_mirror_used(
         small_params, [f"{faulty_mirror}/endless/", f"{faulty_mirror}/ok/"], hashes, folder
     )
     out = tmp_path / "raw"
-    download(cfg, out, env={})
+    download(cfg, out, Environment())
     assert sorted(p.name for p in out.iterdir()) == sorted(hashes)
     assert FaultyMirror.hits["endless"] == len(hashes), "not retried: the cap is not a glitch"
 
@@ -208,7 +209,7 @@ def test_the_cap_error_names_the_source_and_the_limit(
     endless = f"{faulty_mirror}/endless/"
     cfg = capped(small_params, [endless], hashes, folder)
     with pytest.raises(DownloadError) as err:
-        download(cfg, tmp_path / "raw", env={})
+        download(cfg, tmp_path / "raw", Environment())
     name = str(err.value).split()[3]
     cap = cfg.cap(name)
     assert f"{endless}{name}.gz: the download passed {cap:,} bytes" in str(err.value)
@@ -231,7 +232,7 @@ def test_a_gzip_bomb_or_an_oversized_file_in_a_folder_is_refused(
     (big / name).write_bytes(b"\0" * 10_000_000)
     cfg = capped(small_params, [str(bombs), str(big)], hashes, folder)
     with pytest.raises(DownloadError) as err:
-        download(cfg, tmp_path / "raw", env={})
+        download(cfg, tmp_path / "raw", Environment())
     cap = cfg.cap(name)
     assert f"{bombs}: {bombs}: the decompressed content passed {cap:,} bytes" in str(err.value)
     assert f"{big}: {big}: the file (10,000,000 bytes) passed {cap:,} bytes" in str(err.value)

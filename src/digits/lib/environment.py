@@ -18,6 +18,7 @@ class Environment:
     tracking_uri: str | None = None  # $MLFLOW_TRACKING_URI: the MLflow store, over params.yaml
     exp_name: str | None = None  # $DVC_EXP_NAME: the DVC experiment a stage runs in
     baseline_rev: str | None = None  # $DVC_EXP_BASELINE_REV: the commit it was made from
+    mnist_mirror: str | None = None  # $MNIST_MIRROR: a folder `download` tries first
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -29,6 +30,7 @@ class Environment:
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             exp_name=env.get("DVC_EXP_NAME") or None,
             baseline_rev=env.get("DVC_EXP_BASELINE_REV") or None,
+            mnist_mirror=env.get("MNIST_MIRROR") or None,
         )
 
     def project_root(self, params_path: Path) -> Path:

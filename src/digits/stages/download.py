@@ -15,7 +15,6 @@ import argparse
 import gzip
 import hashlib
 import logging
-import os
 import tempfile
 import zlib
 from collections.abc import Sequence
@@ -25,11 +24,11 @@ from typing import Any
 from digits import PipelineError
 from digits.lib.cli import stage_main
 from digits.lib.config import DownloadConfig, load_params
+from digits.lib.environment import Environment
 from digits.lib.files import atomic_path, reporting_disk_full
 
 log = logging.getLogger(__name__)
 
-MIRROR_ENV = "MNIST_MIRROR"
 CHUNK = 1 << 20
 
 
@@ -49,13 +48,13 @@ def too_large(source: str, what: str, cap: int) -> TooLarge:
     )
 
 
-def sources(cfg: DownloadConfig, env: dict[str, str] | None = None) -> list[str]:
-    """Where to look, in order: $MNIST_MIRROR, `local_mirror`, then the public mirrors."""
-    env = os.environ if env is None else env
-    root = env.get("DVC_ROOT")  # relative folders mean the project's, also in `dvc exp --temp`
+def sources(cfg: DownloadConfig, env: Environment) -> list[str]:
+    """Where to look, in order: $MNIST_MIRROR, `local_mirror`, then the public mirrors. A
+    relative folder is the project's ($DVC_ROOT), also in `dvc exp run --temp`."""
+    root = env.dvc_root
     local = [
-        str(Path(root) / s) if root and "://" not in s and not Path(s).is_absolute() else s
-        for s in (env.get(MIRROR_ENV), cfg.local_mirror)
+        str(root / s) if root and "://" not in s and not Path(s).is_absolute() else s
+        for s in (env.mnist_mirror, cfg.local_mirror)
         if s
     ]
     return list(dict.fromkeys([*local, *cfg.mirrors]))
@@ -177,13 +176,14 @@ def fetch_file(
     raise DownloadError(
         f"could not get {name} (sha256 of content {sha256}) from any source:\n"
         + "\n".join(failures)
-        + f"\nCheck your network, or download the file yourself and point ${MIRROR_ENV} "
+        + "\nCheck your network, or download the file yourself and point $MNIST_MIRROR "
         "(or download.local_mirror in params.yaml) at the folder holding it."
     )
 
 
-def download(cfg: DownloadConfig, out_dir: Path, env: dict[str, str] | None = None) -> list[Path]:
-    """Fetch all files of `cfg` into `out_dir`; returns their paths."""
+def download(cfg: DownloadConfig, out_dir: Path, env: Environment) -> list[Path]:
+    """Fetch all files of `cfg` into `out_dir`, from the sources `env` adds to; returns their
+    paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     where = sources(cfg, env)
     return [fetch_file(name, sha, where, out_dir, cfg) for name, sha in sorted(cfg.files.items())]
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("--out", type=Path, required=True, help="folder for the IDX files")
     args = parser.parse_args(argv)
-    download(load_params(args.params).download, args.out)
+    download(load_params(args.params).download, args.out, Environment.read())
 
 
 if __name__ == "__main__":
