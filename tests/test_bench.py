@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -22,7 +23,7 @@ from digits.tools.bench.overhead import Overhead, Run
 from digits.tools.bench.speed import Speed
 from digits.tools.bench.sweep_efficiency import Reach, VariantResult
 
-from helpers import ROOT, real_params
+from helpers import GIT_IDENTITY, ROOT, real_params, stage_env
 
 
 def test_every_committed_rung_is_valid_and_becomes_a_dvc_command() -> None:
@@ -363,3 +364,23 @@ def test_a_timed_sweep_records_the_best_complete_trial_it_wrote(tmp_path: Path) 
         "1,COMPLETE,0.985,90,True\n"
     )
     assert timed.sweep_best(sweep, since=0.0) == timed.SweepBest(0.985, 1, 2)
+
+
+def test_the_commit_is_marked_changed_by_code_not_by_the_results_a_benchmark_writes(
+    tmp_path: Path,
+) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, env=stage_env(**GIT_IDENTITY), check=True)
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/ladder.md").write_text("old table\n")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    head = provenance.commit(tmp_path)
+    assert head and not head.endswith("+")
+    (tmp_path / "reports/ladder.md").write_text("new table\n")
+    assert provenance.commit(tmp_path) == head
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    assert provenance.commit(tmp_path) == f"{head}+"

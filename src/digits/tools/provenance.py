@@ -58,9 +58,12 @@ def machine() -> str:
     )
 
 
+RESULTS = "reports"  # where the benchmarks write their own results while they run
+
+
 def commit(folder: Path | None = None) -> str | None:
-    """The checked-out commit (short hash, `+` when the work tree has changes); None outside
-    git."""
+    """The checked-out commit (short hash, `+` when tracked files outside `reports/` have
+    changed: a ladder writes its table there after each rung); None outside git."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True)
@@ -69,7 +72,8 @@ def commit(folder: Path | None = None) -> str | None:
     head = git("rev-parse", "--short", "HEAD")
     if not head:
         return None
-    return head + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS}")
+    return head + ("+" if changed else "")
 
 
 def now(command: Sequence[str]) -> Provenance:
