@@ -8,10 +8,10 @@ validation, and the test set stays untouched.
 Levers:
 - `ema`: Keras's exponential moving average of the weights (`use_ema=True`, `--momentum`).
   `keras.callbacks.SwapEMAWeights` validates the average, and the average is the model kept.
-- `elastic`: elastic distortion of each training image (`digits.lib.elastic`, `--alpha`,
-  `--sigma`), applied to the batches before the model's own augmentation layers, each batch's
-  fields drawn from a generator seeded with `train.seed` (the train stage keys them by epoch
-  and batch instead: `model.augment.elastic`).
+- `elastic`: elastic distortion of each training image (`--alpha`, `--sigma`): the train
+  stage's own `model.augment.elastic` and `elastic_sigma`, so the fields are the ones a stage
+  run of the recipe draws (keyed by seed, epoch and batch). Entries recorded before 2026-12-05
+  afternoon drew them from a seeded generator instead (see each entry's commit).
 
 `--set` takes dotted params.yaml keys (values as YAML), like `dvc exp run -S`. The result, with
 its command, machine and day, is merged under `--name` into reports/bench/levers.json
@@ -61,18 +61,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def distorted(batches: tf.data.Dataset, args: argparse.Namespace, seed: int):
-    """The batches with `elastic` applied, each batch's field drawn from a seeded generator
-    (a sequential map, so a rerun draws the same fields)."""
-    generator = tf.random.Generator.from_seed(seed)
-
-    def distort(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        key = generator.make_seeds(1)[:, 0]
-        return elastic(x, args.alpha, args.sigma, key), y
-
-    return batches.map(distort).prefetch(tf.data.AUTOTUNE)
-
-
 def show(args: argparse.Namespace, train: Split, path: Path) -> None:
     """Eight training digits (top row) and three elastic draws of each below, to look at."""
     import matplotlib
@@ -108,20 +96,22 @@ def run(
     args: argparse.Namespace, overrides: dict, splits: dict[str, Split], seed: int, on: bool
 ) -> dict[str, Any]:
     train, val = splits["train"], splits["val"]
-    params = load_params(args.params).with_overrides({**overrides, "train.seed": seed})
+    lever = {}
+    if on and args.lever == "elastic":
+        lever = {"model.augment.elastic": args.alpha, "model.augment.elastic_sigma": args.sigma}
+    params = load_params(args.params).with_overrides({**overrides, **lever, "train.seed": seed})
     cfg = params.train
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     shape = image_shape(train.x.shape[1])
     steps = steps_per_epoch(len(train), cfg.batch_size)
     model = compile_model(build_model(params.model, shape), cfg, steps)
-    batches, order = epoch_batches(train.x, train.y, cfg.batch_size, seed)
+    elastic_field = params.model.augment.elastic_field
+    batches, order = epoch_batches(train.x, train.y, cfg.batch_size, seed, elastic_field)
     callbacks: list[keras.callbacks.Callback] = [order]
     if on and args.lever == "ema":
         model = with_ema(model, args.momentum)
         callbacks.append(keras.callbacks.SwapEMAWeights())
-    if on and args.lever == "elastic":
-        batches = distorted(batches, args, seed)
     started = time.perf_counter()
     history = model.fit(
         batches,
