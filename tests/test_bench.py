@@ -384,3 +384,31 @@ def test_the_commit_is_marked_changed_by_code_not_by_the_results_a_benchmark_wri
     assert provenance.commit(tmp_path) == head
     (tmp_path / "params.yaml").write_text("a: 2\n")
     assert provenance.commit(tmp_path) == f"{head}+"
+
+
+def test_a_repeated_rung_shows_its_median_validation_and_each_seeds() -> None:
+    rung = ladder.Rung(name="r", reference=99.0, repeats=3, set={"train.epochs": 2})
+
+    def result(accuracy: float, val: float, shifted: float | None = None) -> dict:
+        figures = {"epochs": 2, "selected": 2, "wall": 30.0, "run_id": "r", "seconds": 5.0}
+        extra = {} if shifted is None else {"shifted_val_accuracy": shifted}
+        return {**figures, "accuracy": accuracy, "val_accuracy": val, **extra}
+
+    plain = ladder.summarise(
+        [result(99.1, 99.3), result(99.2, 99.1), result(99.3, 99.2)], [1, 2, 3]
+    )
+    assert plain["val_accuracy"] == 99.2 and plain["val_accuracies"] == [99.3, 99.1, 99.2]
+    shifted = ladder.summarise(
+        [result(99.1, 99.3, 99.4), result(99.2, 99.1, 99.5), result(99.3, 99.2, 99.6)], [1, 2, 3]
+    )
+    old = {k: v for k, v in plain.items() if k != "val_accuracies"}  # kept only seed 1's
+    rows = ladder.table(
+        [rung, rung.model_copy(update={"name": "s"}), rung.model_copy(update={"name": "old"})],
+        {"r": {**plain, "date": "d"}, "s": {**shifted, "date": "d"}, "old": {**old, "date": "d"}},
+    ).splitlines()[2:]
+    cells = [row.split(" | ")[3] for row in rows]
+    assert cells[0] == "99.20% (99.30, 99.10, 99.20)"
+    assert cells[1] == "99.20% (99.30, 99.10, 99.20); shifted 99.50% (99.40, 99.50, 99.60)"
+    assert cells[2] == "-"
+    single = {**result(99.1, 99.25), "date": "d"}
+    assert ladder.validation(single) == "99.25%"

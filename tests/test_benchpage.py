@@ -191,3 +191,9 @@ def test_each_lever_gets_its_recipe_without_and_with_it_seed_by_seed(tmp_path: P
     assert f"Command: `{again}`" in section
     assert "### elastic" not in section
     assert "- reports/bench/levers.json: elastic\n" in page.split("## Not on this page")[1]
+
+
+def test_a_rung_renamed_since_its_run_is_not_called_measured_with_other_settings() -> None:
+    run = "dvc exp run --temp --name ladder-old --force -S train.epochs=2"
+    assert benchpage.settings(run) == benchpage.settings(run.replace("ladder-old", "ladder-new"))
+    assert benchpage.settings(run) != benchpage.settings(run.replace("=2", "=3"))

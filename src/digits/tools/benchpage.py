@@ -36,6 +36,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def settings(command: str) -> list[str]:
+    """A `dvc exp run` command without its experiment's name, a label that a renamed rung
+    changes."""
+    words = shlex.split(command)
+    if "--name" in words:
+        at = words.index("--name")
+        del words[at : at + 2]
+    return words
+
+
 def ladder_section(root: Path) -> Section:
     """The ladder's table (`ladder.table`, the rule for `holds` included) and each rung's
     recorded command, day and machine."""
@@ -52,7 +62,7 @@ def ladder_section(root: Path) -> Section:
         results[rung.name] = result
         commit = f", commit {found.commit}" if found.commit else ""
         lines += [f"# {rung.name}: {found.date}, {found.machine}{commit}", found.command]
-        if found.command != shlex.join(ladder.exp_command(rung)):
+        if settings(found.command) != settings(shlex.join(ladder.exp_command(rung))):
             changed.append(rung.name)
     note = "".join(
         f"\nMeasured with other settings than `bench/ladder.yaml` gives it today: {name}.\n"
@@ -65,7 +75,9 @@ Real MNIST test accuracy of the course notes' configurations and of the speed ru
 trained by the pipeline as a DVC experiment (50,000 training images, the kept epoch chosen on
 the 10,000 validation images, then scored once on the 10,000 test images). Training =
 `train/seconds`, the fit only; exp run wall = the whole `dvc exp run`. A repeated rung shows its
-median run, and holds only when every seed reaches the reference. A refit rung (`train.refit`)
+median run, and holds only when every seed reaches the reference. Validation = the kept epoch's
+validation accuracy, what recipes are chosen by (the median, then each seed's; with test-time
+shifts, theirs too); "-" where a row kept only its first seed's. A refit rung (`train.refit`)
 chooses its epoch count that way, then trains from scratch on all 60,000 training images:
 its training time is the refit's, the model kept, next to that of the run that chose.
 

@@ -159,14 +159,14 @@ def rung_result(rung: Rung, experiment: str) -> dict[str, Any]:
 def table(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
     """The ladder as a Markdown table: ours next to the reference, and whether it holds."""
     lines = [
-        "| configuration | reference | ours (test) | epochs (kept) | training | exp run wall "
-        "| measured | holds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| configuration | reference | ours (test) | validation | epochs (kept) | training "
+        "| exp run wall | measured | holds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for rung in rungs:
         r = results.get(rung.name)
         if r is None:
-            lines.append(f"| {rung.name} | {rung.reference:.2f}% | not run | | | | | |")
+            lines.append(f"| {rung.name} | {rung.reference:.2f}% | not run | | | | | | |")
             continue
         # compared as shown: 77 errors in 10,000 is 99.23%, not 99.229999...
         worst = r.get("accuracy_min", r["accuracy"])
@@ -184,11 +184,28 @@ def table(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
             chose = statistics.median(r.get("validation_seconds_all", [r["validation_seconds"]]))
             training += f", after a validation run of {chose:.0f} s"
         lines.append(
-            f"| {rung.name} | {rung.reference:.2f}% | {ours} "
+            f"| {rung.name} | {rung.reference:.2f}% | {ours} | {validation(r)} "
             f"| {r['epochs']} ({r['selected']}) | {training} "
             f"| {r['wall']:.0f} s | {r['date']} | {'yes' if holds else 'NO'} |"
         )
     return "\n".join(lines)
+
+
+def validation(result: dict[str, Any]) -> str:
+    """The kept epoch's validation accuracy, what a recipe is chosen by (with test-time shifts,
+    also theirs); for a repeated rung the median and each seed's, "-" where a row recorded
+    only its first seed's (rungs measured before 2026-12-05 afternoon)."""
+
+    def figure(key: str) -> str:
+        many = result.get(f"{key.removesuffix('y')}ies")
+        if many:
+            return f"{result[key]:.2f}% ({', '.join(f'{v:.2f}' for v in many)})"
+        return f"{result[key]:.2f}%" if key in result and "seeds" not in result else "-"
+
+    shown = figure("val_accuracy")
+    if "shifted_val_accuracy" in result:
+        shown += f"; shifted {figure('shifted_val_accuracy')}"
+    return shown
 
 
 def record(
@@ -223,8 +240,14 @@ def summarise(runs: Sequence[dict[str, Any]], seeds: Sequence[int]) -> dict[str,
     the worst and mean accuracy, every run's time."""
     accuracies = [r["accuracy"] for r in runs]
     seconds = [r["seconds"] for r in runs]
+    validation: dict[str, Any] = {}
+    for key in ("val_accuracy", "shifted_val_accuracy"):
+        if all(key in r for r in runs):
+            values = [r[key] for r in runs]
+            validation |= {key: statistics.median(values), f"{key.removesuffix('y')}ies": values}
     return {
         **runs[0],
+        **validation,
         "accuracy": statistics.median(accuracies),
         "accuracy_min": min(accuracies),
         "accuracy_mean": statistics.fmean(accuracies),
