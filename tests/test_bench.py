@@ -412,3 +412,20 @@ def test_a_repeated_rung_shows_its_median_validation_and_each_seeds() -> None:
     assert cells[2] == "-"
     single = {**result(99.1, 99.25), "date": "d"}
     assert ladder.validation(single) == "99.25%"
+
+
+def test_a_rung_timed_on_every_seed_fails_on_its_slowest_run() -> None:
+    rung = ladder.Rung(
+        name="fast", reference=99.0, max_seconds=5, repeats=3, set={"train.epochs": 2}
+    )
+    runs = [
+        {"epochs": 2, "selected": 2, "wall": 30.0, "run_id": "r", "accuracy": 99.2, "seconds": t}
+        for t in (3.9, 3.8, 5.2)
+    ]
+    result = {**ladder.summarise(runs, [1, 2, 3]), "date": "d"}
+    median = ladder.table([rung], {"fast": result}).splitlines()[2]
+    every = ladder.table(
+        [rung.model_copy(update={"every_in_time": True})], {"fast": result}
+    ).splitlines()[2]
+    assert median.endswith("| yes |")
+    assert every.endswith("| NO |") and "(limit 5 s, every seed)" in every

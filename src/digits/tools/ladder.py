@@ -56,8 +56,9 @@ class Rung(BaseModel):
     reference: float = Field(gt=0, le=100)
     max_seconds: float | None = Field(default=None, gt=0)  # on the median run's `train/seconds`
     # runs of the rung, with seeds train.seed, +1, ...: it holds when every one reaches the
-    # reference and the median time is within max_seconds
+    # reference and the median time is within max_seconds (every run's, with `every_in_time`)
     repeats: int = Field(default=1, ge=1, le=20)
+    every_in_time: bool = False
     set: dict[str, Any] = Field(min_length=1)
     seed: int | None = None  # set on each run of a repeated rung
 
@@ -170,10 +171,12 @@ def table(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
             continue
         # compared as shown: 77 errors in 10,000 is 99.23%, not 99.229999...
         worst = r.get("accuracy_min", r["accuracy"])
+        timed = max(r.get("seconds_all", [r["seconds"]])) if rung.every_in_time else r["seconds"]
         holds = round(worst, 2) >= rung.reference and (
-            rung.max_seconds is None or r["seconds"] <= rung.max_seconds
+            rung.max_seconds is None or timed <= rung.max_seconds
         )
-        limit = f" (limit {rung.max_seconds:.0f} s)" if rung.max_seconds else ""
+        each = ", every seed" if rung.every_in_time else ""
+        limit = f" (limit {rung.max_seconds:.0f} s{each})" if rung.max_seconds else ""
         ours, training = f"**{r['accuracy']:.2f}%**", f"{r['seconds']:.1f} s{limit}"
         if "seeds" in r:  # several runs: medians, with the worst accuracy and the time range
             n = len(r["seeds"])
@@ -284,6 +287,7 @@ pipeline as a DVC experiment (50,000 training images; the kept epoch is selected
 validation images; a refit rung then trains on all 60,000). Training = `train/seconds`, the fit
 only (rows measured before 2f5e76c also count TensorFlow's import); exp run wall = the whole
 `dvc exp run` (TensorFlow start-up of three stages, training, evaluation, report).
+Validation = the kept epoch's validation accuracy, what recipes are chosen by.
 
 Machine: {provenance.machine()}. Written: {date.today().isoformat()}.
 Command: `MNIST_MIRROR=../shared/data/mnist make ladder` (`bench/ladder.yaml` holds the rungs).
