@@ -31,8 +31,10 @@ $(BIN)/.uv-$(UV_VERSION):
 	$(BIN)/python -m pip install -qq uv==$(UV_VERSION)
 	touch $@
 
+# --compile-bytecode: pip writes .pyc files on install, uv does not by default; without them a
+# process under PYTHONDONTWRITEBYTECODE (set on CI machines) compiles TensorFlow anew each start
 $(BIN)/.installed: $(LOCK) pyproject.toml | $(BIN)/.uv-$(UV_VERSION)
-	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip sync --quiet --compile-bytecode --python $(BIN)/python --require-hashes $(LOCK)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
