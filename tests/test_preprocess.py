@@ -51,11 +51,12 @@ def test_stage_writes_loadable_npz(tmp_path: Path, small_params, mirror) -> None
     import yaml
 
     from digits.lib.config import parse_params
+    from digits.lib.environment import Environment
     from digits.stages.download import download
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(small_params))
-    download(parse_params(small_params).download, tmp_path / "raw", env={})
+    download(parse_params(small_params).download, tmp_path / "raw", Environment())
     main(
         [
             "--params",
