@@ -38,7 +38,7 @@ $(BIN)/.installed: $(LOCK) pyproject.toml | $(BIN)/.uv-$(UV_VERSION)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
-setup: $(BIN)/.installed ## Create .venv and install requirements.lock's pinned packages (about 20 s)
+setup: $(BIN)/.installed ## Create .venv and install requirements.lock's pinned packages, compiled (about 30 s)
 
 lock: | $(BIN)/.uv-$(UV_VERSION) ## Re-pin requirements.lock from pyproject.toml (keeps each pin that still fits)
 	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
