@@ -194,13 +194,17 @@ def table(rungs: Sequence[Rung], results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# a repeated rung's validation figures: the median under the key, each seed's under the plural
+PER_SEED = {"val_accuracy": "val_accuracies", "shifted_val_accuracy": "shifted_val_accuracies"}
+
+
 def validation(result: dict[str, Any]) -> str:
     """The kept epoch's validation accuracy, what a recipe is chosen by (with test-time shifts,
     also theirs); for a repeated rung the median and each seed's, "-" where a row recorded
     only its first seed's (rungs measured before 2026-12-05 afternoon)."""
 
     def figure(key: str) -> str:
-        many = result.get(f"{key.removesuffix('y')}ies")
+        many = result.get(PER_SEED[key])
         if many:
             return f"{result[key]:.2f}% ({', '.join(f'{v:.2f}' for v in many)})"
         return f"{result[key]:.2f}%" if key in result and "seeds" not in result else "-"
@@ -244,10 +248,10 @@ def summarise(runs: Sequence[dict[str, Any]], seeds: Sequence[int]) -> dict[str,
     accuracies = [r["accuracy"] for r in runs]
     seconds = [r["seconds"] for r in runs]
     validation: dict[str, Any] = {}
-    for key in ("val_accuracy", "shifted_val_accuracy"):
+    for key, each in PER_SEED.items():
         if all(key in r for r in runs):
             values = [r[key] for r in runs]
-            validation |= {key: statistics.median(values), f"{key.removesuffix('y')}ies": values}
+            validation |= {key: statistics.median(values), each: values}
     return {
         **runs[0],
         **validation,
