@@ -197,3 +197,21 @@ def test_a_rung_renamed_since_its_run_is_not_called_measured_with_other_settings
     run = "dvc exp run --temp --name ladder-old --force -S train.epochs=2"
     assert benchpage.settings(run) == benchpage.settings(run.replace("ladder-old", "ladder-new"))
     assert benchpage.settings(run) != benchpage.settings(run.replace("=2", "=3"))
+
+
+def test_the_overhead_shows_each_pair_and_their_median_beside_the_ratio_over_all_runs(
+    tmp_path: Path,
+) -> None:
+    root = project(tmp_path)
+    walls = [(44.0, 40.0), (38.0, 40.0), (42.0, 40.0)]  # pairs 1.100, 0.950, 1.050
+    runs = {
+        kind: [{"wall": pair[i], "fit": pair[i] - 5, "val_accuracy": 0.98} for pair in walls]
+        for i, kind in enumerate(("stage", "bare"))
+    }
+    again = "python -m digits.tools.bench overhead --repeats 3"
+    overhead = {"runs": runs, "ratio_wall": 124 / 120, "ratio_fit": 109 / 105}
+    overhead |= {"same_val_accuracy": True, "provenance": {"command": again, **ORIGIN}}
+    (root / "reports" / "bench" / "overhead.json").write_text(json.dumps(overhead))
+    section = benchpage.render(root).split("## Overhead")[1].split("\n## ")[0]
+    row = "| **1.033** | 3 | 1.100, 0.950, 1.050 | 1.050 | 1.038 | 5.0 s / 5.0 s | yes |"
+    assert row in section
