@@ -12,6 +12,7 @@ Levers:
   stage's own `model.augment.elastic` and `elastic_sigma`, so the fields are the ones a stage
   run of the recipe draws (keyed by seed, epoch and batch). Entries recorded before 2026-12-05
   afternoon drew them from a seeded generator instead (see each entry's commit).
+- `set`: any params.yaml settings (`--with KEY=VALUE`, as `--set`), such as another learning rate.
 
 `--set` takes dotted params.yaml keys (values as YAML), like `dvc exp run -S`. The result, with
 its command, machine and day, is merged under `--name` into reports/bench/levers.json
@@ -47,11 +48,14 @@ RESULTS = Path("reports/bench/levers.json")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lever", choices=("ema", "elastic"), required=True)
+    parser.add_argument("--lever", choices=("ema", "elastic", "set"), required=True)
     parser.add_argument("--name", required=True, help="the entry's name in levers.json")
     parser.add_argument("--momentum", type=float, default=0.99, help="ema: the average's decay")
     parser.add_argument("--alpha", type=float, default=34.0, help="elastic: field scale, pixels")
     parser.add_argument("--sigma", type=float, default=4.0, help="elastic: smoothing, pixels")
+    parser.add_argument(
+        "--with", dest="with_", action="append", default=[], help="set: KEY=VALUE, as --set"
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("--data", type=Path, default=Path("data/processed"), help=".npz folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="train.seed")
@@ -96,9 +100,11 @@ def run(
     args: argparse.Namespace, overrides: dict, splits: dict[str, Split], seed: int, on: bool
 ) -> dict[str, Any]:
     train, val = splits["train"], splits["val"]
-    lever = {}
+    lever: dict[str, Any] = {}
     if on and args.lever == "elastic":
         lever = {"model.augment.elastic": args.alpha, "model.augment.elastic_sigma": args.sigma}
+    if on and args.lever == "set":
+        lever = settings(args.with_)
     params = load_params(args.params).with_overrides({**overrides, **lever, "train.seed": seed})
     cfg = params.train
     keras.backend.clear_session()
@@ -135,7 +141,14 @@ def run(
     }
 
 
+def settings(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings as overrides, each value read as YAML (as `dvc exp run -S`)."""
+    return {k: yaml.safe_load(v) for k, v in (pair.split("=", 1) for pair in pairs)}
+
+
 def lever_label(args: argparse.Namespace) -> str:
+    if args.lever == "set":
+        return ", ".join(args.with_)
     if args.lever == "ema":
         return f"EMA of the weights, momentum {args.momentum}"
     return f"elastic distortion, alpha {args.alpha}, sigma {args.sigma}"
@@ -143,7 +156,7 @@ def lever_label(args: argparse.Namespace) -> str:
 
 def main() -> None:
     args = parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = settings(args.set)
     splits = load_splits(args.data, ("train", "val"))
     if args.show:
         return show(args, splits["train"], args.show)
