@@ -32,10 +32,9 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from digits.lib.batches import epoch_batches, steps_per_epoch
-from digits.lib.config import load_params
+from digits.lib.config import load_params, parse_overrides
 from digits.lib.data import Split, load_splits
 from digits.lib.elastic import elastic
 from digits.lib.models import STEPS_PER_EXECUTION, build_model, compile_model
@@ -104,7 +103,7 @@ def run(
     if on and args.lever == "elastic":
         lever = {"model.augment.elastic": args.alpha, "model.augment.elastic_sigma": args.sigma}
     if on and args.lever == "set":
-        lever = settings(args.with_)
+        lever = parse_overrides(args.with_)
     params = load_params(args.params).with_overrides({**overrides, **lever, "train.seed": seed})
     cfg = params.train
     keras.backend.clear_session()
@@ -141,11 +140,6 @@ def run(
     }
 
 
-def settings(pairs: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings as overrides, each value read as YAML (as `dvc exp run -S`)."""
-    return {k: yaml.safe_load(v) for k, v in (pair.split("=", 1) for pair in pairs)}
-
-
 def lever_label(args: argparse.Namespace) -> str:
     if args.lever == "set":
         return ", ".join(args.with_)
@@ -156,7 +150,7 @@ def lever_label(args: argparse.Namespace) -> str:
 
 def main() -> None:
     args = parse_args()
-    overrides = settings(args.set)
+    overrides = parse_overrides(args.set)
     splits = load_splits(args.data, ("train", "val"))
     if args.show:
         return show(args, splits["train"], args.show)

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import yaml
 
 from digits.lib.batches import epoch_batches, steps_per_epoch
-from digits.lib.config import load_params
+from digits.lib.config import load_params, parse_overrides
 from digits.lib.data import Split, load_splits
 from digits.lib.models import build_model, compile_model
 from digits.lib.training import image_shape
@@ -72,7 +71,7 @@ def run(
 
 def main() -> None:
     args = parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_overrides(args.set)
     splits = load_splits(args.data)
     results: dict[str, list[dict[str, float]]] = {"keras_order": [], "fresh_order": []}
     for i, seed in enumerate(args.seeds):  # ABBA: neither variant always runs first

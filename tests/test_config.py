@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digits.lib.config import Params, ParamsError, Problem, flatten, load_params, parse_params
+from digits.lib.config import (
+    Params,
+    ParamsError,
+    Problem,
+    flatten,
+    load_params,
+    parse_overrides,
+    parse_params,
+)
 from digits.lib.config.runparams import run_params
 from digits.lib.config.sweep import SweepParams
 
@@ -363,3 +371,14 @@ def test_elastic_distortion_needs_a_smoothing_and_all_zero_is_off() -> None:
     raw["model"]["augment"]["elastic"] = 17
     with pytest.raises(ParamsError, match="elastic distortion needs elastic_sigma above 0"):
         parse_params(raw)
+
+
+def test_key_value_overrides_read_their_values_as_yaml_and_apply_to_the_real_config() -> None:
+    overrides = parse_overrides(["train.epochs=12", "model.mlp.width=[200,100]", "x.y=a=b"])
+    assert overrides == {"train.epochs": 12, "model.mlp.width": [200, 100], "x.y": "a=b"}
+    params = load_params(ROOT / "params.yaml").with_overrides(
+        parse_overrides(["train.learning_rate=0.003", "model.mlp.activation=tanh"])
+    )
+    assert params.train.learning_rate == 0.003 and params.model.mlp.activation == "tanh"
+    with pytest.raises(ParamsError, match=r"train\.epochs: expected KEY=VALUE"):
+        parse_overrides(["train.epochs"])

@@ -10,7 +10,7 @@ it uses: `sweep` (the `sweep:` section and `SweepParams`, which only the sweep's
 of its space against the schema live beside the sweep (`digits.tools.sweep.checks`).
 """
 
-from digits.lib.config.dotted import flatten, nest, set_dotted
+from digits.lib.config.dotted import flatten, nest, parse_overrides, set_dotted
 from digits.lib.config.download import IDX_KINDS, MNIST_SIZES, DownloadConfig
 from digits.lib.config.errors import ParamsError, Problem
 from digits.lib.config.load import load_params
@@ -48,6 +48,7 @@ __all__ = [
     "flatten",
     "load_params",
     "nest",
+    "parse_overrides",
     "parse_params",
     "set_dotted",
 ]

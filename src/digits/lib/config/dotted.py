@@ -3,8 +3,10 @@ sweep's space use for settings in the nested `params.yaml`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
+
+import yaml
 
 from digits.lib.config.errors import ParamsError
 
@@ -24,6 +26,18 @@ def set_dotted(tree: MutableMapping[str, Any], key: str, value: Any, create: boo
     if leaf not in node and not create:
         raise ParamsError(f"{key}: no such setting")
     node[leaf] = value
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (as `dvc exp run -S` takes them) as dotted overrides, each value read
+    as YAML: `train.epochs=12` -> {'train.epochs': 12}."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals:
+            raise ParamsError(f"{pair}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
